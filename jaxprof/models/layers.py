@@ -1,0 +1,217 @@
+"""Building blocks shared by the model families: parameter specs, norms, RoPE, attention.
+
+Parameters are nested dicts of arrays. Each family describes its parameters once as a flat table of
+`ParamSpec`s (shape, logical axes, initialiser); `init_params` and `param_axes` both derive from that
+table, so the sharding annotations can never drift from the shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+Params = dict
+Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
+
+
+def normal(stddev: float) -> Initializer:
+  return lambda key, shape, dtype: stddev * jax.random.normal(key, shape, dtype)
+
+
+def zeros(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+  del key
+  return jnp.zeros(shape, dtype)
+
+
+def ones(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+  del key
+  return jnp.ones(shape, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+  shape: tuple[int, ...]
+  axes: tuple[str | None, ...]  # logical axis names, one per dim (see jaxprof/parallel.py)
+  init: Initializer
+
+  def __post_init__(self):
+    assert len(self.shape) == len(self.axes), (self.shape, self.axes)
+
+
+def init_from_specs(specs: Mapping[str, ParamSpec], key: jax.Array, dtype=jnp.float32) -> Params:
+  """Initialises a nested param dict from a flat {"a/b/c": ParamSpec} table."""
+  keys = jax.random.split(key, len(specs))
+  flat = {tuple(name.split("/")): spec.init(k, spec.shape, dtype)
+          for k, (name, spec) in zip(keys, sorted(specs.items()), strict=True)}
+  return traverse_util.unflatten_dict(flat)
+
+
+def axes_from_specs(specs: Mapping[str, ParamSpec]) -> dict:
+  """Nested dict of logical-axis tuples with the same structure as the params."""
+  return traverse_util.unflatten_dict({tuple(n.split("/")): s.axes for n, s in specs.items()})
+
+
+def shapes_from_specs(specs: Mapping[str, ParamSpec]) -> dict[str, tuple[int, ...]]:
+  return {name: spec.shape for name, spec in specs.items()}
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm computed in float32 (as HF does), cast back to x.dtype. x: [..., D]."""
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (x32 * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+  """LayerNorm in float32. x: [..., D]."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+  return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embeddings (HF "rotate_half" layout: the two halves of each head are paired).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+  theta: float
+  kind: str = "default"  # "default" | "linear" | "llama3"
+  factor: float = 1.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position: int = 8192
+
+  SUPPORTED = ("default", "linear", "llama3")
+
+  def __post_init__(self):
+    if self.kind not in self.SUPPORTED:
+      raise ValueError(f"unsupported rope type '{self.kind}'; supported: {self.SUPPORTED}")
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int) -> jax.Array:
+  """Inverse frequencies [head_dim // 2] (float32), with Llama-3 style scaling if configured."""
+  inv_freq = 1.0 / (rope.theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if rope.kind == "linear":
+    return inv_freq / rope.factor
+  if rope.kind == "llama3":
+    # Long wavelengths are slowed down by `factor`, short ones kept, and a smooth ramp in between.
+    low_wavelen = rope.original_max_position / rope.low_freq_factor
+    high_wavelen = rope.original_max_position / rope.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (rope.original_max_position / wavelen - rope.low_freq_factor) / (
+        rope.high_freq_factor - rope.low_freq_factor)
+    smoothed = (1 - smooth) * inv_freq / rope.factor + smooth * inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+    is_mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+    return jnp.where(is_mid, smoothed, scaled)
+  return inv_freq
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotates x: [B, T, N, H] by positions: [B, T] int32."""
+  angles = positions.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]  # [B, T, H/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention with an optional KV cache.
+# ---------------------------------------------------------------------------------------------
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
+  """Grouped-query softmax attention.
+
+  Args:
+    q: [B, T, N, H] queries (N = K * G query heads).
+    k, v: [B, S, K, H] keys and values.
+    visible: [B, T, S] bool, which key each query may attend to.
+  Returns:
+    [B, T, N, H].
+  """
+  b, t, n, h = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, n // kv_heads, h)
+  scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+  scores = scores / math.sqrt(h)
+  # A finite floor (not -inf) keeps fully masked rows (left padding) free of NaN.
+  scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+  return out.reshape(b, t, n, h)
+
+
+def default_positions(mask: jax.Array) -> jax.Array:
+  """Positions that skip padding: [B, T] bool mask -> [B, T] int32 (0 at the first real token)."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def visibility(mask: jax.Array, key_mask: jax.Array, query_slots: jax.Array,
+               key_slots: jax.Array) -> jax.Array:
+  """[B, T, S] bool: causal over slots and restricted to real keys.
+
+  Args:
+    mask: [B, T] bool, real query tokens (unused except for shape; padding queries see real keys).
+    key_mask: [B, S] bool, real keys.
+    query_slots: [T] int32 slot of each query; key_slots: [S] int32 slot of each key.
+  """
+  del mask
+  causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
+  return causal[None, :, :] & key_mask[:, None, :]
+
+
+def update_cache(cache_k: jax.Array, cache_v: jax.Array, k: jax.Array, v: jax.Array,
+                 index: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Writes k, v: [B, T, K, H] into cache: [B, S, K, H] at slots [index, index + T)."""
+  cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
+  cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+  return cache_k, cache_v
+
+
+def attention_inputs(mask: jax.Array, positions: jax.Array | None, cache):
+  """What every decoder needs before its layers: positions, visibility and the new key mask.
+
+  Args:
+    mask: [B, T] bool real tokens; positions: [B, T] int32 or None (count real tokens only,
+      continuing after the tokens already in the cache); cache: a KVCache or None.
+  Returns:
+    (positions [B, T], visible [B, T, S], index [] or None, key_mask [B, S] or None).
+  """
+  t = mask.shape[1]
+  if positions is None:
+    positions = default_positions(mask)
+    if cache is not None:
+      positions = positions + jnp.sum(cache.mask, axis=-1, keepdims=True) * mask
+  if cache is None:
+    slots = jnp.arange(t)
+    return positions, visibility(mask, mask, slots, slots), None, None
+  index = cache.index
+  key_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, mask, index, axis=1)
+  visible = visibility(mask, key_mask, index + jnp.arange(t), jnp.arange(cache.max_len))
+  return positions, visible, index, key_mask
+
+
+def scan_layers(block: Callable, x: jax.Array, stacked: dict, cache, key_mask, remat: bool):
+  """Runs `block(x, layer_params, kv) -> (x, kv)` over the stacked layers, threading the cache."""
+  body = lambda x, layer: block(x, *layer)
+  if remat:
+    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+  kv_in = None if cache is None else (cache.k, cache.v)
+  x, kv_out = jax.lax.scan(body, x, (stacked, kv_in))
+  if cache is not None:
+    cache = cache.replace(k=kv_out[0], v=kv_out[1], mask=key_mask,
+                          index=cache.index + x.shape[1])
+  return x, cache
