@@ -60,7 +60,7 @@ def unembedding(params: dict, cfg: LMConfig) -> jax.Array:
 
 
 def logits(params: dict, cfg: LMConfig, hidden: jax.Array) -> jax.Array:
-  """Float32 logits [..., V] of hidden states [..., D]. Use for short slices (e.g. the last token)."""
+  """Float32 logits [..., V] of hidden states [..., D]; for short slices (e.g. the last token)."""
   w = unembedding(params, cfg)
   return jnp.einsum("...D,DV->...V", hidden, w, preferred_element_type=jnp.float32)
 
@@ -106,6 +106,6 @@ def token_logprobs(params: dict, cfg: LMConfig, hidden: jax.Array, targets: jax.
 def sequence_logprobs(params: dict, cfg: LMConfig, tokens: jax.Array, mask: jax.Array,
                       chunk_size: int = 128, remat: bool = False,
                       with_entropy: bool = False):
-  """Per-token log-probs of tokens [B, T] given their prefix: output [B, T - 1] for tokens[:, 1:]."""
+  """Log-probs [B, T - 1] of tokens[:, 1:] given their prefix, for tokens [B, T]."""
   hidden, _ = forward(params, cfg, tokens[:, :-1], mask[:, :-1], remat=remat)
   return token_logprobs(params, cfg, hidden, tokens[:, 1:], chunk_size, with_entropy)

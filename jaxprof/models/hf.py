@@ -180,7 +180,8 @@ def _gpt2_rules(cfg: GPT2Config) -> list[Rule]:
            Rule("layers/o", f"{blk}.attn.c_proj.weight", to_ours=lambda w: w.reshape(n, h, d),
                 to_hf=lambda w: w.reshape(n * h, d)),
            Rule("layers/o_bias", f"{blk}.attn.c_proj.bias"),
-           Rule("layers/fc", f"{blk}.mlp.c_fc.weight"), Rule("layers/fc_bias", f"{blk}.mlp.c_fc.bias"),
+           Rule("layers/fc", f"{blk}.mlp.c_fc.weight"),
+           Rule("layers/fc_bias", f"{blk}.mlp.c_fc.bias"),
            Rule("layers/proj", f"{blk}.mlp.c_proj.weight"),
            Rule("layers/proj_bias", f"{blk}.mlp.c_proj.bias")]
   for ln in ("ln_1", "ln_2"):
@@ -248,7 +249,7 @@ def read_hf_config(path: str | os.PathLike) -> dict:
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """All tensors of model.safetensors or a sharded model.safetensors.index.json, as float32 numpy."""
+  """All tensors of model.safetensors (or a sharded index) as float32 numpy arrays."""
   path = pathlib.Path(path)
   _check_dir(path)
   index = path / "model.safetensors.index.json"

@@ -1,8 +1,8 @@
 """Building blocks shared by the model families: parameter specs, norms, RoPE, attention.
 
 Parameters are nested dicts of arrays. Each family describes its parameters once as a flat table of
-`ParamSpec`s (shape, logical axes, initialiser); `init_params` and `param_axes` both derive from that
-table, so the sharding annotations can never drift from the shapes.
+`ParamSpec`s (shape, logical axes, initialiser); `init_params` and `param_axes` both derive from
+that table, so the sharding annotations can never drift from the shapes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Logit parity with `transformers` (torch CPU, float32) on random-init small models with padding."""
+"""Logit parity with `transformers` (torch CPU, float32) on random-init models with padding."""
 
 import numpy as np
 import pytest
