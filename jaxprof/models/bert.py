@@ -49,7 +49,8 @@ class BertConfig:
 
 
 def param_specs(cfg: BertConfig) -> dict[str, ParamSpec]:
-  d, f, n, h, l = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.head_dim, cfg.num_layers
+  d, f, l = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+  n, h = cfg.num_heads, cfg.head_dim
   w, z, o = layers.normal(0.02), layers.zeros, layers.ones
   specs = {
       "embed": ParamSpec((cfg.vocab_size, d), ("vocab", "embed"), w),
