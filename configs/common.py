@@ -1,0 +1,134 @@
+"""Pieces shared by the system configs (girl.py, langptune.py, blue.py, hifi.py).
+
+A system config reads its variant string with `parse_arg` and builds its sections with the
+`*_config` helpers, so each file only states what differs:
+
+  import ml_collections
+  from configs import common
+
+  def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, algo="ppo", tiny=False, seed=0)
+    config = ml_collections.ConfigDict()
+    config.optim = common.optim_config(lr=1e-5, total_steps=10 if arg.tiny else 2000)
+    config.mesh = common.mesh_config()
+    ...
+
+Run as `python -m jaxprof.train --config=configs/girl.py:algo=grpo,tiny --workdir=/tmp/girl`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+_TRUE = ("1", "true", "yes", "y", "on")
+_FALSE = ("0", "false", "no", "n", "off")
+
+
+def _parse_bool(key: str, text: str) -> bool:
+  low = text.strip().lower()
+  if low in _TRUE:
+    return True
+  if low in _FALSE:
+    return False
+  raise ValueError(f"config argument {key!r}: cannot read {text!r} as a bool "
+                   f"(use one of {_TRUE + _FALSE})")
+
+
+def _parse_value(key: str, text: str, default: Any) -> Any:
+  """Reads `text` with the type of `default` (bool, int, float, str; None means str)."""
+  # bool first: bool is a subclass of int.
+  if isinstance(default, bool):
+    return _parse_bool(key, text)
+  try:
+    if isinstance(default, int):
+      return int(text)
+    if isinstance(default, float):
+      return float(text)
+  except ValueError:
+    raise ValueError(f"config argument {key!r}: cannot read {text!r} as "
+                     f"{type(default).__name__} (its default is {default!r})") from None
+  if default is None or isinstance(default, str):
+    return text
+  raise TypeError(f"config argument {key!r}: default {default!r} has unsupported type "
+                  f"{type(default).__name__}; use bool, int, float or str")
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses the `get_config` argument string, e.g. `"algo=grpo,tiny"`.
+
+  Args:
+    arg: comma-separated `key=value` items or bare `key`s (a bare key means True). None or ""
+      gives the defaults.
+    **defaults: every accepted key with its default; each value is read with the type of its
+      default (bool, int, float, str; a None default reads a str).
+
+  Returns:
+    A ConfigDict with one field per default, overridden by `arg`.
+
+  Raises:
+    ValueError: for an unknown key (naming it and the valid ones), a key given twice, or a value
+      that does not parse as the default's type.
+  """
+  values = dict(defaults)
+  seen = set()
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r} in {arg!r}; "
+                       f"valid ones are: {', '.join(sorted(defaults))}")
+    if key in seen:
+      raise ValueError(f"config argument {key!r} given twice in {arg!r}")
+    seen.add(key)
+    if not sep:  # A bare name switches a flag on.
+      if not isinstance(defaults[key], bool):
+        raise ValueError(f"config argument {key!r} needs a value ({key}=...): its default "
+                         f"{defaults[key]!r} is not a bool")
+      values[key] = True
+    else:
+      values[key] = _parse_value(key, text.strip(), defaults[key])
+  return ml_collections.ConfigDict(values)
+
+
+def optim_config(
+    lr: float = 3e-4,
+    warmup: int = 100,
+    total_steps: int = 1000,
+    clip_norm: float = 1.0,
+    weight_decay: float = 0.0,
+    schedule: str = "cosine",
+    b1: float = 0.9,
+    b2: float = 0.95,
+    grad_accum: int = 1,
+) -> ml_collections.ConfigDict:
+  """Optimiser section (AdamW + warmup + decay schedule, global-norm clipping).
+
+  `clip_norm=0` turns clipping off; `grad_accum` micro-batches are summed per update.
+  """
+  return ml_collections.ConfigDict(dict(
+      lr=lr, warmup=warmup, total_steps=total_steps, clip_norm=clip_norm,
+      weight_decay=weight_decay, schedule=schedule, b1=b1, b2=b2, grad_accum=grad_accum))
+
+
+def mesh_config(
+    data: int = -1, fsdp: int = 1, tensor: int = 1, rules: str = "fsdp"
+) -> ml_collections.ConfigDict:
+  """Device mesh section: axis sizes (-1 = all remaining devices) and a sharding-rule preset."""
+  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, rules=rules))
+
+
+def checkpoint_config(every: int = 500, keep: int = 3) -> ml_collections.ConfigDict:
+  """Checkpoint section: save every `every` steps (and at the end), keep the last `keep`."""
+  return ml_collections.ConfigDict(dict(every=every, keep=keep))
+
+
+def log_config(
+    every: int = 10, show: tuple[str, ...] = ("train/loss",)
+) -> ml_collections.ConfigDict:
+  """Logging section: console line every `every` steps without a TTY; `show` metrics on the bar."""
+  return ml_collections.ConfigDict(dict(every=every, show=tuple(show)))

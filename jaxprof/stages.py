@@ -1,0 +1,228 @@
+"""Running a config's stages in order, resuming after a crash, and guarding steps against NaN.
+
+A config lists its stages, e.g. `config.stages = ("sft", "reward_model", "ppo", "eval")`.
+`run_stages` runs each in `workdir/<stage>/`. A stage that returns marks itself complete with
+`workdir/<stage>/DONE.json` (its outputs: exported model paths, final metrics). Re-running the same
+command skips complete stages (their recorded outputs feed later stages) and re-enters the first
+incomplete one, which resumes from its own checkpoints.
+
+Also here: `atomic_write_text` / `atomic_write_json` (a reader never sees half a file) and
+`NonFiniteGuard` / `select_if_finite` (skip a non-finite update, fail after K in a row).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+# Every stage name a config may list; `jaxprof.config.validate` checks `config.stages` against it.
+STAGE_NAMES = ("sft", "reward_model", "ppo", "grpo", "eval")
+DONE_FILE = "DONE.json"
+
+# A stage: (config, its own directory, outputs of earlier stages by name) -> its JSON-able outputs.
+StageFn = Callable[[Any, pathlib.Path, Mapping[str, Mapping[str, Any]]], Mapping[str, Any]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic file writes.
+# ---------------------------------------------------------------------------------------------
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+  """Writes `text` to `path` so readers see the old file or the new one, never a partial one.
+
+  The text goes to a temporary file in the same directory, is flushed and fsynced, then renamed
+  over `path` with `os.replace` (atomic on POSIX). Parent directories are created.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> pathlib.Path:
+  """`atomic_write_text` of `json.dumps(obj)`; fails before touching `path` if not JSON-able."""
+  return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage runner.
+# ---------------------------------------------------------------------------------------------
+
+
+class StageError(ValueError):
+  """A config names stages the runner cannot run."""
+
+
+def check_stages(stages: Sequence[str], registry: Mapping[str, StageFn]) -> tuple[str, ...]:
+  """Checks stage names before anything runs; returns them as a tuple."""
+  if isinstance(stages, str):  # ("sft") instead of ("sft",) is an easy slip.
+    stages = (stages,)
+  stages = tuple(stages)
+  if not stages:
+    raise StageError("config.stages is empty: nothing to run")
+  unknown = [s for s in stages if s not in registry]
+  if unknown:
+    raise StageError(f"unknown stage(s) {unknown} in config.stages={stages}; "
+                     f"valid stages are: {', '.join(registry)}")
+  repeated = sorted({s for s in stages if stages.count(s) > 1})
+  if repeated:
+    raise StageError(f"stage(s) {repeated} listed twice in config.stages={stages}: each stage "
+                     "owns one directory")
+  return stages
+
+
+def read_done(stage_dir: str | os.PathLike) -> dict[str, Any] | None:
+  """The contents of `stage_dir/DONE.json`, or None if the stage has not completed."""
+  path = pathlib.Path(stage_dir) / DONE_FILE
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:  # Written atomically, so this means a hand edit.
+    raise StageError(f"{path} is not valid JSON ({e}); delete it to re-run the stage") from e
+
+
+def run_stages(
+    config: Any,
+    workdir: str | os.PathLike,
+    registry: Mapping[str, StageFn],
+    stages: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+  """Runs `stages` (default `config.stages`) in order, skipping the ones already complete.
+
+  Args:
+    config: the run's config, passed unchanged to every stage.
+    workdir: the run's directory; stage `name` works in `workdir/name/`.
+    registry: stage name -> function `(config, stage_dir, inputs) -> outputs`, where `inputs`
+      maps each earlier stage's name to its outputs, and `outputs` is a JSON-able dict.
+    stages: overrides `config.stages`.
+
+  Returns:
+    Stage name -> outputs, for every stage listed.
+
+  Raises:
+    StageError: unknown or repeated stage names (before any stage runs).
+  """
+  stages = check_stages(config.stages if stages is None else stages, registry)
+  workdir = pathlib.Path(workdir)
+  outputs: dict[str, dict[str, Any]] = {}
+  for name in stages:
+    stage_dir = workdir / name
+    done = read_done(stage_dir)
+    if done is not None:
+      logging.info("Stage %r already complete (%s); skipping. Delete %s to re-run it.",
+                   name, done.get("finished"), stage_dir / DONE_FILE)
+      outputs[name] = dict(done.get("outputs", {}))
+      continue
+    resuming = stage_dir.exists()
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    logging.info("Stage %r: %s in %s", name, "resuming" if resuming else "starting", stage_dir)
+    start = time.time()
+    result = registry[name](config, stage_dir, dict(outputs))
+    result = dict(result or {})
+    record = {
+        "stage": name,
+        "outputs": result,
+        "seconds": round(time.time() - start, 3),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if jax.process_index() == 0:  # One writer on a shared filesystem.
+      atomic_write_json(stage_dir / DONE_FILE, record)
+    outputs[name] = result
+    logging.info("Stage %r complete in %.1f s.", name, record["seconds"])
+  return outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite guard.
+# ---------------------------------------------------------------------------------------------
+
+
+class NonFiniteError(FloatingPointError):
+  """Too many consecutive steps produced a non-finite term."""
+
+  def __init__(self, step: int, term: str, consecutive: int):
+    self.step, self.term, self.consecutive = step, term, consecutive
+    super().__init__(f"step {step}: {term!r} is not finite ({consecutive} consecutive "
+                     "non-finite steps, updates skipped); stopping")
+
+
+def finite_flags(terms: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """Per-term `all(isfinite(x))` flags, for use inside a jitted step. Keys are kept."""
+  return {k: jnp.all(jnp.isfinite(v)) for k, v in terms.items()}
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True iff every floating leaf of `tree` is finite (e.g. all gradients). Scalar bool."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  if not leaves:
+    return jnp.bool_(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def select_if_finite(new_state: Any, old_state: Any, is_finite: Any) -> Any:
+  """`new_state` where `is_finite` (a scalar bool), else `old_state`, leaf by leaf.
+
+  Use it inside the jitted step so a non-finite update is skipped without a host round trip.
+  Works for typed PRNG key leaves too.
+  """
+  pred = jnp.asarray(is_finite, dtype=bool)
+  return jax.tree.map(lambda n, o: jax.lax.select(pred, n, o), new_state, old_state)
+
+
+class NonFiniteGuard:
+  """Counts skipped (non-finite) updates; raises after `max_consecutive` in a row.
+
+  The step loop calls `guard(step, flags)` once per step with a dict term -> finiteness, either
+  bool flags (e.g. from `finite_flags`) or the values themselves (checked with `isfinite`).
+  All values are fetched with a single `jax.device_get`.
+  """
+
+  def __init__(self, max_consecutive: int = 5):
+    if max_consecutive < 1:
+      raise ValueError(f"max_consecutive must be >= 1, got {max_consecutive}")
+    self.max_consecutive = max_consecutive
+    self.consecutive = 0
+    self.skipped = 0
+
+  def __call__(self, step: int, terms: Mapping[str, Any]) -> bool:
+    """Returns True if every term is finite (the update was applied)."""
+    host = jax.device_get(dict(terms))
+    bad = None
+    for name, value in host.items():
+      value = np.asarray(value)
+      ok = bool(value.all()) if value.dtype == bool else bool(np.isfinite(value).all())
+      if not ok:
+        bad = name
+        break
+    if bad is None:
+      self.consecutive = 0
+      return True
+    self.consecutive += 1
+    self.skipped += 1
+    logging.warning("step %d: %r is not finite; update skipped (%d in a row, %d in total)",
+                    step, bad, self.consecutive, self.skipped)
+    if self.consecutive >= self.max_consecutive:
+      raise NonFiniteError(step, bad, self.consecutive)
+    return False
