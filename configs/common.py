@@ -132,3 +132,55 @@ def log_config(
 ) -> ml_collections.ConfigDict:
   """Logging section: console line every `every` steps without a TTY; `show` metrics on the bar."""
   return ml_collections.ConfigDict(dict(every=every, show=tuple(show)))
+
+
+def model_config(path: str = "packaged", compute_dtype: str = "float32", remat: bool = False,
+                 lora_rank: int = 0) -> ml_collections.ConfigDict:
+  """Policy section. path: "packaged" (SmolLM2-135M-Instruct), an HF directory, or "tiny"."""
+  return ml_collections.ConfigDict(dict(
+      path=path, compute_dtype=compute_dtype, remat=remat, chunk_size=128,
+      # "tiny": a random Llama sharing the SmolLM2 tokenizer, for tests and smoke runs.
+      tiny=dict(hidden_size=64, num_layers=2, num_heads=4, head_dim=16),
+      lora=dict(rank=lora_rank, alpha=16.0, targets="q,k,v,o,gate,up,down")))
+
+
+def sft_config(steps: int = 200, batch_size: int = 8, lr: float = 5e-5,
+               max_prompt_len: int = 256, max_target_len: int = 192) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      batch_size=batch_size, max_prompt_len=max_prompt_len, max_target_len=max_target_len,
+      optim=optim_config(lr=lr, warmup=max(steps // 10, 1), total_steps=steps,
+                         weight_decay=0.01)))
+
+
+def reward_model_config(steps: int = 200, batch_size: int = 8, lr: float = 5e-5,
+                        backbone: str = "policy:8") -> ml_collections.ConfigDict:
+  """backbone "policy:N": the first N layers of the SFT policy (shares its tokenizer);
+  "encoder": the packaged MiniLM."""
+  return ml_collections.ConfigDict(dict(
+      backbone=backbone, pooling="last", batch_size=batch_size, margin=0.0, center_coef=0.01,
+      max_prompt_len=256, max_response_len=192,
+      optim=optim_config(lr=lr, warmup=max(steps // 10, 1), total_steps=steps,
+                         weight_decay=0.01)))
+
+
+def rl_config(algo: str = "grpo", steps: int = 100, prompts_per_step: int = 4,
+              group_size: int = 8, max_new_tokens: int = 64, lr: float = 1e-6,
+              kl_coef: float = 0.04, max_prompt_len: int = 256) -> ml_collections.ConfigDict:
+  """RL section shared by GRPO and PPO (fields the other algorithm ignores are harmless)."""
+  return ml_collections.ConfigDict(dict(
+      algo=algo, total_steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
+      max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
+      temperature=1.0, top_k=0, top_p=1.0,
+      # Policy loss: separate clip bounds (DAPO-style clip-higher), optional dual clip.
+      eps_low=0.2, eps_high=0.28, dual_clip=0.0, ratio_level="token", agg_mode="token_mean",
+      num_iterations=1, num_minibatches=1,
+      # KL to the frozen reference: in the loss (GRPO, k3) or in the reward (PPO, k1).
+      kl_coef=kl_coef, kl_estimator="k3" if algo == "grpo" else "k1", kl_target=0.0,
+      kl_horizon=10000,
+      # GRPO group advantages.
+      advantage="grpo", std_ddof=0, adv_eps=1e-6, adv_scale="",
+      # PPO: critic, GAE, value loss.
+      critic_init="reward_model", gamma=1.0, lam=0.95, value_clip=0.2, critic_lr=1e-5,
+      ppo_epochs=2, whiten_advantages=True, entropy_coef=0.0,
+      optim=optim_config(lr=lr, warmup=0, total_steps=steps, schedule="constant",
+                         clip_norm=1.0)))

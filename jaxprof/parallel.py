@@ -60,6 +60,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
     if len(devices) % known:
       raise ValueError(f"{len(devices)} devices do not split into fsdp*tensor*data={known}*k")
     sizes[sizes.index(-1)] = len(devices) // known
+  if -1 not in (data, fsdp, tensor) and math.prod(sizes) < len(devices):
+    logging.info("mesh uses %d of %d devices", math.prod(sizes), len(devices))
+    devices = devices[:math.prod(sizes)]
   if math.prod(sizes) != len(devices):
     raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "
                      f"{math.prod(sizes)} devices; {len(devices)} available")

@@ -1,0 +1,159 @@
+"""What every trainer shares: the optimiser, the train state, sharded init, and one update step.
+
+An update is `update(state, frozen, batch, rng) -> (state, metrics)`: `state` (trainable params,
+optimizer state, step) is donated; `frozen` (a LoRA base, a reference policy) is read only. The
+loss function returns a *sum* and its normaliser so that gradient accumulation over micro-batches
+is exactly the large-batch gradient: grad = sum_i grad(loss_sum_i) / sum_i weight_i.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import Mesh
+
+from jaxprof import parallel, stages
+
+# loss_fn(params, frozen, micro_batch, rng) -> (loss_sum, weight, metrics of the micro-batch)
+LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, jax.Array, dict]]
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32: update steps taken (a skipped non-finite update counts as taken)
+  params: Any
+  opt_state: Any
+  skipped: jax.Array  # [] int32: updates skipped because the loss or a gradient was not finite
+
+
+def make_optimizer(optim) -> optax.GradientTransformation:
+  """AdamW with linear warmup then cosine/linear/constant decay, and global-norm clipping."""
+  warmup = min(optim.warmup, max(optim.total_steps - 1, 0))
+  decay_steps = max(optim.total_steps - warmup, 1)
+  if optim.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=0.1)
+  elif optim.schedule == "linear":
+    decay = optax.linear_schedule(optim.lr, 0.1 * optim.lr, decay_steps)
+  elif optim.schedule == "constant":
+    decay = optax.constant_schedule(optim.lr)
+  else:
+    raise ValueError(f"optim.schedule={optim.schedule!r}; expected cosine, linear or constant")
+  schedule = optax.join_schedules(
+      [optax.linear_schedule(0.0, optim.lr, max(warmup, 1)), decay], [warmup])
+  chain = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm > 0 else []
+  chain.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
+  return optax.chain(*chain)
+
+
+def shardings_for(tree_axes: Any, abstract: Any, mesh: Mesh, rules) -> Any:
+  return parallel.param_shardings(tree_axes, abstract, mesh, rules)
+
+
+def create_state(params: Any, axes: Any, tx: optax.GradientTransformation, mesh: Mesh,
+                 rules) -> tuple[TrainState, Any]:
+  """Shards params by their logical axes, initialises the optimizer on the mesh.
+
+  Returns the state and its shardings (to pass as the jitted step's in/out shardings).
+  """
+  param_sh = shardings_for(axes, params, mesh, rules)
+  # A private copy: the state is donated to the step, and callers may still hold `params`
+  # (a reference policy, a critic sharing the embeddings).
+  params = jax.device_put(params, param_sh, may_alias=False)
+  opt_state = jax.jit(tx.init)(params)  # optimizer moments inherit the params' shardings
+  scalar = parallel.replicated(mesh)
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), scalar), params=params,
+                     opt_state=opt_state,
+                     skipped=jax.device_put(jnp.zeros((), jnp.int32), scalar))
+  return state, jax.tree.map(lambda x: x.sharding, state)
+
+
+def split_micro(batch: Any, num_micro: int) -> Any:
+  """[B, ...] leaves -> [num_micro, B / num_micro, ...]."""
+  def split(x):
+    if x.shape[0] % num_micro:
+      raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum={num_micro}")
+    return x.reshape(num_micro, x.shape[0] // num_micro, *x.shape[1:])
+  return jax.tree.map(split, batch)
+
+
+def accumulated_grads(loss_fn: LossFn, params: Any, frozen: Any, batch: Any, rng: jax.Array,
+                      num_micro: int) -> tuple[jax.Array, Any, dict]:
+  """Loss and gradient of sum(loss_sum) / sum(weight) over `num_micro` micro-batches."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if num_micro == 1:
+    (loss_sum, (weight, metrics)), grads = grad_fn(params, frozen, batch, rng)
+  else:
+    def body(carry, xs):
+      micro, i = xs
+      (l, (w, m)), g = grad_fn(params, frozen, micro, jax.random.fold_in(rng, i))
+      acc_l, acc_w, acc_g = carry
+      return (acc_l + l, acc_w + w, jax.tree.map(jnp.add, acc_g, g)), m
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (loss_sum, weight, grads), metrics = jax.lax.scan(
+        body, (jnp.zeros(()), jnp.zeros(()), zeros),
+        (split_micro(batch, num_micro), jnp.arange(num_micro)))
+    metrics = jax.tree.map(jnp.mean, metrics)
+  denom = jnp.maximum(weight, 1e-9)
+  return loss_sum / denom, jax.tree.map(lambda g: g / denom, grads), metrics
+
+
+def with_weight(loss_fn):
+  """Adapts loss_fn -> (loss_sum, weight, metrics) to value_and_grad's (value, aux) form."""
+  def wrapped(params, frozen, batch, rng):
+    loss_sum, weight, metrics = loss_fn(params, frozen, batch, rng)
+    return loss_sum, (weight, metrics)
+  return wrapped
+
+
+def make_update(loss_fn: LossFn, tx: optax.GradientTransformation, num_micro: int = 1,
+                prefix: str = "train") -> Callable:
+  """The pure update step (jit it with shardings and donate_argnums=0)."""
+  wrapped = with_weight(loss_fn)
+
+  def update(state: TrainState, frozen: Any, batch: Any, rng: jax.Array):
+    loss, grads, metrics = accumulated_grads(wrapped, state.params, frozen, batch, rng, num_micro)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state)
+    finite = jnp.isfinite(loss) & stages.all_finite(grads)
+    skipped = state.replace(step=state.step + 1, skipped=state.skipped + 1)
+    state = stages.select_if_finite(new, skipped, finite)
+    out = {f"{prefix}/loss": loss, f"{prefix}/grad_norm": optax.tree.norm(grads),
+           f"{prefix}/finite": finite, f"{prefix}/skipped": state.skipped}
+    out.update({k if "/" in k else f"{prefix}/{k}": v for k, v in metrics.items()})
+    return state, out
+
+  return update
+
+
+def jit_update(update: Callable, state_shardings: Any) -> Callable:
+  return jax.jit(update, donate_argnums=0, out_shardings=(state_shardings, None))
+
+
+@dataclasses.dataclass(frozen=True)
+class Batcher:
+  """Deterministic batches by step: epoch e is a seeded permutation, so resuming at step s
+  replays exactly the batches an uninterrupted run would have seen (no iterator state)."""
+
+  num_examples: int
+  batch_size: int
+  seed: int
+
+  def indices(self, step: int) -> list[int]:
+    import numpy as np
+
+    if self.num_examples == 0:
+      raise ValueError("no training examples")
+    per_epoch = max(self.num_examples // self.batch_size, 1)
+    epoch, offset = divmod(step, per_epoch)
+    perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+    idx = [perm[(offset * self.batch_size + i) % self.num_examples]
+           for i in range(self.batch_size)]
+    return [int(i) for i in idx]

@@ -1,0 +1,83 @@
+"""GRPO: G completions per prompt, group-normalised advantages, clipped ratio, KL in the loss.
+
+One iteration: sample (prefill shared per group) -> rewards -> group advantages -> reference
+log-probs (if beta > 0) -> `num_iterations` passes of `num_minibatches` clipped-policy updates.
+With a single update per rollout the "old" log-probs are the current ones (ratio 1, gradient
+unchanged), so they are taken from the forward pass itself instead of being computed twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxprof import parallel
+from jaxprof.rl import advantages as adv_lib
+from jaxprof.rl import losses
+from jaxprof.trainers import common, loop, policy, rollout
+
+# prompt_batch(step) -> (prompt_ids [B, P], prompt_mask [B, P], reward_fn for those prompts)
+PromptBatchFn = Callable[[int], tuple[np.ndarray, np.ndarray, rollout.RewardFn]]
+
+
+def grpo_loss(spec: policy.PolicySpec, rl, single_update: bool, trainable, frozen, batch, rng):
+  """Clipped policy loss + beta * KL(pi || ref) (estimator rl.kl_estimator), as a weighted sum."""
+  del rng
+  params = policy.effective_params(spec, trainable, frozen)
+  mask = batch["comp_mask"]
+  lp, ent = policy.completion_logprobs(spec, params, batch["prompt_ids"], batch["prompt_mask"],
+                                       batch["comp_ids"], mask, with_entropy=True)
+  old = jax.lax.stop_gradient(lp) if single_update else batch["old_logprobs"]
+  loss, m = losses.policy_loss(
+      lp, old, batch["advantages"], mask, eps_low=rl.eps_low, eps_high=rl.eps_high,
+      dual_clip=rl.dual_clip or None, ratio_level=rl.ratio_level, agg_mode=rl.agg_mode,
+      max_len=rl.max_new_tokens)
+  m = dict(m, entropy=losses.masked_mean(ent, mask))
+  if rl.kl_coef > 0:
+    kl = losses.kl_penalty(lp, batch["ref_logprobs"], mask, kind=rl.kl_estimator)
+    loss = loss + rl.kl_coef * losses.aggregate(kl, mask, rl.agg_mode, rl.max_new_tokens)
+    m["kl"] = losses.masked_mean(kl, mask)
+  w = rollout.agg_weight(mask, rl.agg_mode)
+  return loss * w, w, {f"rl/{k}": v for k, v in m.items()}
+
+
+def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any, frozen: Any,
+        ref_params: Any, axes: Any, prompt_batch: PromptBatchFn, eos_ids: tuple[int, ...],
+        pad_id: int, mesh) -> tuple[Any, dict]:
+  """The GRPO loop over config.rl.total_steps rollouts; returns (final state, last metrics)."""
+  rl = config.rl
+  single = rl.num_iterations == 1 and rl.num_minibatches == 1
+  tx = common.make_optimizer(rl.optim)
+  state, shardings = common.create_state(trainable, axes, tx, mesh, config.mesh.rules)
+  update = common.jit_update(common.make_update(
+      functools.partial(grpo_loss, spec, rl, single), tx, rl.optim.grad_accum, "rl"), shardings)
+  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec))
+  key = jax.random.key(config.seed)
+
+  def one_step(state, step):
+    step_key = jax.random.fold_in(key, step)
+    ids, mask, reward_fn = prompt_batch(step)
+    ro = rollout.generate(spec, state.params, frozen, ids, mask, step_key, rl, eos_ids, pad_id)
+    rewards, valid, terms = reward_fn(ro)
+    advantages = adv_lib.group_advantages(
+        rewards, valid, group_size=rl.group_size, method=rl.advantage, std_ddof=rl.std_ddof,
+        eps=rl.adv_eps, scale=rl.adv_scale or None)
+    batch = {"prompt_ids": ro.prompt_ids, "prompt_mask": ro.prompt_mask, "comp_ids": ro.comp_ids,
+             "comp_mask": ro.comp_mask, "old_logprobs": ro.logprobs,
+             "advantages": np.asarray(advantages, np.float32)}
+    if rl.kl_coef > 0:
+      batch["ref_logprobs"] = np.asarray(ref_fn(ref_params, parallel.shard_batch(batch, mesh)))
+    rng = np.random.default_rng([config.seed, step])
+    for _ in range(rl.num_iterations):
+      for rows in rollout.minibatches(len(rewards), rl.num_minibatches, rng):
+        mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
+        state, m = update(state, frozen, mb, step_key)
+    return state, {**m, **rollout.rollout_stats(ro, rewards, valid), **terms}
+
+  return loop.run(stage_dir, state, one_step, rl.total_steps, config,
+                  show=("reward/mean", "rl/kl", "rollout/length_mean"))

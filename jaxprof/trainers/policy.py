@@ -1,0 +1,147 @@
+"""The policy as trainers see it: loading, LoRA/full fine-tuning, completion log-probs, export.
+
+Sequences are laid out as [prompt (left-padded, P) | completion (right-padded, N)], the same for
+SFT targets and RL samples, so every stage computes log-probs the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxprof import api
+from jaxprof.models import causal_lm, hf, lora
+from jaxprof.models.layers import RopeConfig
+from jaxprof.models.llama import LlamaConfig
+from jaxprof.tokenizer import Tokenizer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySpec:
+  """Static facts about the policy (hashable: passed to jit as a static argument)."""
+
+  cfg: causal_lm.LMConfig
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  compute_dtype: str = "float32"  # params stay float32 (master); the forward may run in bf16
+  remat: bool = False
+  chunk_size: int = 128  # positions per LM-head chunk in log-prob computation
+
+  @property
+  def uses_lora(self) -> bool:
+    return self.lora_rank > 0
+
+
+def spec_from_config(cfg: causal_lm.LMConfig, model_config) -> PolicySpec:
+  if model_config.compute_dtype not in DTYPES:
+    raise ValueError(f"model.compute_dtype={model_config.compute_dtype!r}; "
+                     f"expected one of {sorted(DTYPES)}")
+  return PolicySpec(cfg=cfg, lora_rank=model_config.lora.rank, lora_alpha=model_config.lora.alpha,
+                    compute_dtype=model_config.compute_dtype, remat=model_config.remat,
+                    chunk_size=model_config.chunk_size)
+
+
+def load(model_config, path: str | None = None, seed: int = 0
+         ) -> tuple[causal_lm.LMConfig, dict, Tokenizer]:
+  """(cfg, float32 params, tokenizer) for `path` (default model_config.path).
+
+  path "tiny" builds a small random Llama that shares the packaged SmolLM2 tokenizer: the shape of
+  a real run at a fraction of the cost, for tests and smoke runs.
+  """
+  path = path or model_config.path
+  if path == "tiny":
+    tok = Tokenizer.from_dir(api.resolve_model_dir(api.PACKAGED))
+    t = model_config.tiny
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=t.hidden_size,
+                      intermediate_size=2 * t.hidden_size, num_layers=t.num_layers,
+                      num_heads=t.num_heads, num_kv_heads=t.num_heads, head_dim=t.head_dim,
+                      rope=RopeConfig(theta=1e4), tie_embeddings=True,
+                      max_position_embeddings=4096)
+    return cfg, causal_lm.init_params(cfg, jax.random.key(seed)), tok
+  directory = api.resolve_model_dir(path)
+  cfg, params = hf.load_hf(directory)
+  return cfg, params, Tokenizer.from_dir(directory)
+
+
+def init_trainable(spec: PolicySpec, params: dict, model_config, key: jax.Array
+                   ) -> tuple[Any, Any, Any]:
+  """(trainable, frozen, trainable logical axes): LoRA adapters over a frozen base, or all."""
+  if not spec.uses_lora:
+    return params, {}, causal_lm.param_axes(spec.cfg)
+  targets = tuple(t.strip() for t in model_config.lora.targets.split(",") if t.strip())
+  adapters = lora.init_lora(params, targets, spec.lora_rank, key)
+  return adapters, {"base": params}, lora.lora_axes(adapters)
+
+
+def effective_params(spec: PolicySpec, trainable: Any, frozen: Any) -> dict:
+  """Full params for the forward pass, in the compute dtype."""
+  params = (lora.merge(frozen["base"], trainable, spec.lora_alpha, spec.lora_rank)
+            if spec.uses_lora else trainable)
+  dtype = DTYPES[spec.compute_dtype]
+  if dtype != jnp.float32:
+    params = jax.tree.map(lambda x: x.astype(dtype), params)
+  return params
+
+
+def completion_logprobs(spec: PolicySpec, params: dict, prompt_ids: jax.Array,
+                        prompt_mask: jax.Array, comp_ids: jax.Array, comp_mask: jax.Array,
+                        with_entropy: bool = False):
+  """log p(completion tokens | prompt and earlier completion tokens): [B, N] float32.
+
+  prompt_ids/mask: [B, P] left-padded; comp_ids/mask: [B, N] right-padded. The last completion
+  token is never fed (nothing to predict after it), so the forward runs on P + N - 1 positions.
+  """
+  p = prompt_ids.shape[1]
+  tokens = jnp.concatenate([prompt_ids, comp_ids[:, :-1]], axis=1)
+  mask = jnp.concatenate([prompt_mask, comp_mask[:, :-1]], axis=1)
+  hidden, _ = causal_lm.forward(params, spec.cfg, tokens, mask, remat=spec.remat)
+  return causal_lm.token_logprobs(params, spec.cfg, hidden[:, p - 1:], comp_ids,
+                                  spec.chunk_size, with_entropy)
+
+
+def export(spec: PolicySpec, trainable: Any, frozen: Any, tokenizer: Tokenizer,
+           out_dir: pathlib.Path) -> pathlib.Path:
+  """Writes the (LoRA-merged) float32 policy as an HF directory that transformers loads."""
+  params = lora.merge(frozen["base"], trainable, spec.lora_alpha, spec.lora_rank) \
+      if spec.uses_lora else trainable
+  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
+  out = hf.save_hf(params, spec.cfg, out_dir, tokenizer_dir=tokenizer.path)
+  logging.info("exported policy to %s", out)
+  return out
+
+
+def pad_to(x: np.ndarray, width: int, left: bool, value: int = 0) -> np.ndarray:
+  """Pads or truncates the last axis of [B, T] to `width` (left: keep the last tokens)."""
+  if x.shape[1] >= width:
+    return x[:, -width:] if left else x[:, :width]
+  pad = [(0, 0), (width - x.shape[1], 0) if left else (0, width - x.shape[1])]
+  return np.pad(x, pad, constant_values=value)
+
+
+def encode_prompts(tokenizer: Tokenizer, prompts: list[str], width: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded prompt ids/mask [B, width]; prompts are already chat-formatted strings."""
+  ids, mask = tokenizer.encode_batch(prompts, padding_side="left", add_special_tokens=False)
+  return pad_to(ids, width, True, tokenizer.pad_id), pad_to(mask, width, True, False)
+
+
+def encode_targets(tokenizer: Tokenizer, targets: list[str], width: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded target ids/mask [B, width], each ending with EOS (truncated targets do not)."""
+  eos = tokenizer.eos_ids[0]
+  rows = [tokenizer.encode(t, add_special_tokens=False) + [eos] for t in targets]
+  ids = np.full((len(rows), width), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(rows), width), bool)
+  for i, r in enumerate(rows):
+    r = r[:width]
+    ids[i, :len(r)] = r
+    mask[i, :len(r)] = True
+  return ids, mask

@@ -1,0 +1,123 @@
+"""PPO (GIRL stage 3): clipped policy loss, a separate critic, GAE, per-token KL in the reward.
+
+One iteration: sample -> sequence scores -> reference and critic passes -> token rewards
+r_t = -kl_coef * KL_t (+ score on the last token) -> GAE -> `ppo_epochs` x `num_minibatches`
+updates of the policy and of the critic -> adaptive KL coefficient. The critic is its own network
+(e.g. the reward model's backbone, smaller than the policy), never a silent copy of the actor.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprof import parallel
+from jaxprof.models import heads
+from jaxprof.rl import advantages as adv_lib
+from jaxprof.rl import kl_control, losses
+from jaxprof.trainers import common, loop, policy, rollout
+from jaxprof.trainers.grpo import PromptBatchFn
+
+
+def critic_values(critic_cfg, params, batch) -> jax.Array:
+  """V(s_t) [R, N]: the critic's value before each completion token."""
+  p = batch["prompt_ids"].shape[1]
+  tokens = jnp.concatenate([batch["prompt_ids"], batch["comp_ids"][:, :-1]], 1)
+  mask = jnp.concatenate([batch["prompt_mask"], batch["comp_mask"][:, :-1]], 1)
+  return heads.token_values(params, critic_cfg, tokens, mask)[:, p - 1:]
+
+
+def policy_loss_fn(spec, rl, trainable, frozen, batch, rng):
+  del rng
+  params = policy.effective_params(spec, trainable, frozen)
+  mask = batch["comp_mask"]
+  lp, ent = policy.completion_logprobs(spec, params, batch["prompt_ids"], batch["prompt_mask"],
+                                       batch["comp_ids"], mask, with_entropy=True)
+  loss, m = losses.policy_loss(
+      lp, batch["old_logprobs"], batch["advantages"], mask, eps_low=rl.eps_low,
+      eps_high=rl.eps_high, dual_clip=rl.dual_clip or None, ratio_level=rl.ratio_level,
+      agg_mode=rl.agg_mode, max_len=rl.max_new_tokens)
+  entropy = losses.masked_mean(ent, mask)
+  loss = loss - rl.entropy_coef * entropy
+  w = rollout.agg_weight(mask, rl.agg_mode)
+  return loss * w, w, {f"rl/{k}": v for k, v in dict(m, entropy=entropy).items()}
+
+
+def critic_loss_fn(critic_cfg, rl, params, frozen, batch, rng):
+  del frozen, rng
+  mask = batch["comp_mask"]
+  values = critic_values(critic_cfg, params, batch)
+  loss, m = losses.value_loss(values, batch["old_values"], batch["returns"], mask,
+                              clip_eps=rl.value_clip or None, agg_mode=rl.agg_mode,
+                              max_len=rl.max_new_tokens)
+  w = rollout.agg_weight(mask, rl.agg_mode)
+  return loss * w, w, {f"critic/{k}": v for k, v in m.items()}
+
+
+def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any, frozen: Any,
+        ref_params: Any, axes: Any, critic_cfg, critic_params: dict,
+        prompt_batch: PromptBatchFn, eos_ids: tuple[int, ...], pad_id: int, mesh
+        ) -> tuple[Any, dict]:
+  """The PPO loop; the state is {"policy", "critic", "kl_coef"} (all checkpointed)."""
+  rl = config.rl
+  tx = common.make_optimizer(rl.optim)
+  critic_optim = rl.optim.copy_and_resolve_references()
+  critic_optim.lr = rl.critic_lr
+  critic_tx = common.make_optimizer(critic_optim)
+  pol, pol_sh = common.create_state(trainable, axes, tx, mesh, config.mesh.rules)
+  crit, crit_sh = common.create_state(critic_params, heads.scored_model_axes(critic_cfg),
+                                      critic_tx, mesh, config.mesh.rules)
+  kl_ctl = kl_control.make_kl_controller(rl.kl_coef, rl.kl_target or None, rl.kl_horizon)
+  state = {"policy": pol, "critic": crit, "kl_coef": jnp.asarray(rl.kl_coef, jnp.float32)}
+  update_policy = common.jit_update(common.make_update(
+      functools.partial(policy_loss_fn, spec, rl), tx, rl.optim.grad_accum, "rl"), pol_sh)
+  update_critic = common.jit_update(common.make_update(
+      functools.partial(critic_loss_fn, critic_cfg, rl), critic_tx, rl.optim.grad_accum,
+      "critic"), crit_sh)
+  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec))
+  values_fn = jax.jit(functools.partial(critic_values, critic_cfg))
+  key = jax.random.key(config.seed)
+
+  def one_step(state, step):
+    step_key = jax.random.fold_in(key, step)
+    ids, mask, reward_fn = prompt_batch(step)
+    ro = rollout.generate(spec, state["policy"].params, frozen, ids, mask, step_key, rl, eos_ids,
+                          pad_id)
+    scores, valid, terms = reward_fn(ro)
+    scores = np.where(valid, scores, 0.0).astype(np.float32)  # a None score counts as 0
+    batch = {"prompt_ids": ro.prompt_ids, "prompt_mask": ro.prompt_mask, "comp_ids": ro.comp_ids,
+             "comp_mask": ro.comp_mask, "old_logprobs": ro.logprobs}
+    sharded = parallel.shard_batch(batch, mesh)
+    ref_lp = ref_fn(ref_params, sharded)
+    old_values = values_fn(state["critic"].params, sharded)
+    kl = losses.kl_penalty(jnp.asarray(ro.logprobs), ref_lp, jnp.asarray(ro.comp_mask),
+                           kind=rl.kl_estimator)
+    token_rewards = adv_lib.sequence_reward_to_token_rewards(
+        jnp.asarray(scores), jnp.asarray(ro.comp_mask), kl, state["kl_coef"])
+    advantages, returns = adv_lib.gae(token_rewards, old_values, jnp.asarray(ro.comp_mask),
+                                      gamma=rl.gamma, lam=rl.lam)
+    if rl.whiten_advantages:
+      advantages = adv_lib.whiten(advantages, jnp.asarray(ro.comp_mask))
+    batch |= {"advantages": np.asarray(advantages), "returns": np.asarray(returns),
+              "old_values": np.asarray(old_values)}
+    rng = np.random.default_rng([config.seed, step])
+    pol, crit = state["policy"], state["critic"]
+    for _ in range(rl.ppo_epochs):
+      for rows in rollout.minibatches(len(scores), rl.num_minibatches, rng):
+        mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
+        pol, m_pol = update_policy(pol, frozen, mb, step_key)
+        crit, m_crit = update_critic(crit, {}, mb, step_key)
+    seq_kl = jnp.sum(kl, axis=-1).mean()
+    kl_coef = kl_ctl.update(state["kl_coef"], seq_kl, len(scores))
+    metrics = {**m_pol, **m_crit, **rollout.rollout_stats(ro, np.asarray(scores), valid),
+               **terms, "rl/kl": jnp.sum(kl) / jnp.maximum(ro.comp_mask.sum(), 1),
+               "rl/kl_coef": state["kl_coef"]}
+    return {"policy": pol, "critic": crit, "kl_coef": kl_coef}, metrics
+
+  return loop.run(stage_dir, state, one_step, rl.total_steps, config,
+                  show=("reward/mean", "rl/kl", "critic/explained_variance"))

@@ -1,0 +1,158 @@
+"""Reward model: a scalar head trained with a pairwise loss on chosen vs rejected (GIRL stage 2).
+
+Backbones: "policy:N" (the first N layers of the policy checkpoint, sharing its tokenizer, so a
+critic can later start from it) or "encoder" (the packaged MiniLM, scoring whole texts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprof import parallel
+from jaxprof.models import bert, heads, hf
+from jaxprof.models.encoder import TextEncoder
+from jaxprof.rl import losses
+from jaxprof.tokenizer import Tokenizer
+from jaxprof.trainers import artifacts, common, loop, policy
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+  """Turns (prompt, response) texts into token batches for one backbone kind."""
+
+  cfg: heads.BackboneConfig
+  pooling: str
+  max_prompt_len: int
+  max_response_len: int
+
+  def tokenize(self, tok, prompts: Sequence[str], responses: Sequence[str]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(self.cfg, bert.BertConfig):  # response first: truncation drops prompt tail
+      return tok.tokenize([f"{r} [SEP] {p}" for p, r in zip(prompts, responses, strict=True)])
+    p_ids, p_mask = policy.encode_prompts(tok, list(prompts), self.max_prompt_len)
+    r_ids, r_mask = policy.encode_targets(tok, list(responses), self.max_response_len)
+    return np.concatenate([p_ids, r_ids], 1), np.concatenate([p_mask, r_mask], 1)
+
+
+def build_backbone(backbone: str, policy_dir: str, model_config, seed: int):
+  """(cfg, backbone params, tokenizer-like) for "encoder" or "policy:N"."""
+  if backbone == "encoder":
+    enc = TextEncoder.packaged_minilm()
+    return enc.cfg, enc.params, enc
+  kind, _, n = backbone.partition(":")
+  if kind != "policy" or not n.isdigit():
+    raise ValueError(f"reward_model.backbone={backbone!r}; expected 'encoder' or 'policy:N'")
+  cfg, params, tok = policy.load(model_config, policy_dir, seed=seed)
+  params, cfg = heads.truncate_layers(params, cfg, int(n))
+  return cfg, params, tok
+
+
+def pair_loss(scorer: Scorer, rm_config, params, frozen, batch, rng):
+  del frozen, rng
+  score = functools.partial(heads.sequence_scores, params, scorer.cfg, pooling=scorer.pooling)
+  both_ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
+  both_mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+  r = score(both_ids, both_mask)
+  b = batch["chosen_ids"].shape[0]
+  loss, m = losses.pairwise_reward_loss(r[:b], r[b:], margin=rm_config.margin,
+                                        center_coef=rm_config.center_coef)
+  return loss * b, jnp.asarray(b, jnp.float32), m
+
+
+def _pair_batch(scorer, tok, pairs, idx) -> dict:
+  prompts = [pairs[i]["prompt"] for i in idx]
+  c_ids, c_mask = scorer.tokenize(tok, prompts, [pairs[i]["chosen"] for i in idx])
+  r_ids, r_mask = scorer.tokenize(tok, prompts, [pairs[i]["rejected"] for i in idx])
+  width = max(c_ids.shape[1], r_ids.shape[1])
+  pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))
+  return {"chosen_ids": pad(c_ids), "chosen_mask": pad(c_mask), "rejected_ids": pad(r_ids),
+          "rejected_mask": pad(r_mask)}
+
+
+def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
+          eval_pairs: Sequence[Mapping[str, str]], policy_dir: str) -> dict:
+  rm = config.reward_model
+  mesh = parallel.make_mesh(**{k: config.mesh[k] for k in ("data", "fsdp", "tensor")})
+  cfg, backbone, tok = build_backbone(rm.backbone, policy_dir, config.model, config.seed)
+  scorer = Scorer(cfg, rm.pooling, rm.max_prompt_len, rm.max_response_len)
+  params = {"backbone": backbone,
+            "head": heads.init_head(jax.random.key(config.seed + 2), cfg.hidden_size)}
+  tx = common.make_optimizer(rm.optim)
+  state, shardings = common.create_state(params, heads.scored_model_axes(cfg), tx, mesh,
+                                         config.mesh.rules)
+  loss_fn = functools.partial(pair_loss, scorer, rm)
+  update = common.jit_update(common.make_update(loss_fn, tx, rm.optim.grad_accum, "rm"),
+                             shardings)
+  batcher = common.Batcher(len(pairs), rm.batch_size, config.seed)
+
+  def one_step(state, step):
+    batch = parallel.shard_batch(_pair_batch(scorer, tok, pairs, batcher.indices(step)), mesh)
+    return update(state, {}, batch, jax.random.key(0))
+
+  state, _ = loop.run(stage_dir, state, one_step, rm.optim.total_steps, config,
+                      show=("rm/loss", "rm/accuracy"))
+  accuracy = pairwise_accuracy(scorer, state.params, tok, eval_pairs, rm.batch_size, mesh)
+  card = {"backbone": rm.backbone, "policy_dir": policy_dir, "pooling": rm.pooling,
+          "max_prompt_len": rm.max_prompt_len, "max_response_len": rm.max_response_len,
+          "config": hf.config_to_hf(cfg) if not isinstance(cfg, bert.BertConfig) else "bert",
+          "eval_pairwise_accuracy": accuracy}
+  out = artifacts.save_pytree(stage_dir / "model", jax.device_get(state.params), card)
+  return {"reward_model_dir": str(out), "eval_pairwise_accuracy": accuracy}
+
+
+def pairwise_accuracy(scorer, params, tok, pairs, batch_size, mesh) -> float | None:
+  """Fraction of held-out pairs where the chosen response outscores the rejected one."""
+  if not pairs:
+    return None
+  score = jax.jit(functools.partial(heads.sequence_scores, cfg=scorer.cfg,
+                                    pooling=scorer.pooling))
+  wins = []
+  for start in range(0, len(pairs), batch_size):
+    idx = list(range(start, min(start + batch_size, len(pairs))))
+    n = len(idx)
+    idx += [idx[-1]] * (batch_size - n)
+    b = _pair_batch(scorer, tok, pairs, idx)
+    rc = score(params, tokens=b["chosen_ids"], mask=b["chosen_mask"])
+    rr = score(params, tokens=b["rejected_ids"], mask=b["rejected_mask"])
+    wins += list(np.asarray(rc > rr)[:n])
+  return float(np.mean(wins))
+
+
+class RewardModel:
+  """A trained reward model loaded from its directory: `score(prompts, responses) -> [B]`."""
+
+  def __init__(self, directory: str | pathlib.Path, model_config, batch_size: int = 32):
+    params, card = artifacts.load_pytree(directory)
+    cfg, _, tok = build_backbone(card["backbone"], card["policy_dir"], model_config, 0) \
+        if card["backbone"] == "encoder" else self._shapes_only(card, model_config)
+    self.scorer = Scorer(cfg, card["pooling"], card["max_prompt_len"], card["max_response_len"])
+    self.params = jax.tree.map(jnp.asarray, params)
+    self.tok, self.batch_size = tok, batch_size
+    self._score = jax.jit(functools.partial(heads.sequence_scores, cfg=cfg,
+                                            pooling=card["pooling"]))
+
+  @staticmethod
+  def _shapes_only(card, model_config):
+    n = int(card["backbone"].split(":")[1])
+    if card["policy_dir"] == "tiny":
+      cfg, _, tok = policy.load(model_config, "tiny")
+    else:
+      cfg = hf.config_from_hf(hf.read_hf_config(card["policy_dir"]))
+      tok = Tokenizer.from_dir(card["policy_dir"])
+    return dataclasses.replace(cfg, num_layers=n), None, tok
+
+  def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    out = []
+    for start in range(0, len(prompts), self.batch_size):
+      p = list(prompts[start:start + self.batch_size])
+      r = list(responses[start:start + self.batch_size])
+      ids, mask = self.scorer.tokenize(self.tok, p, r)
+      out.append(np.asarray(self._score(self.params, tokens=ids, mask=mask)))
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)

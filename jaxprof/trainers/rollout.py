@@ -1,0 +1,118 @@
+"""Rollouts shared by PPO and GRPO: sample G completions per prompt, score them, pack a batch.
+
+The sampler prefills each prompt once and shares its KV cache across the group. Rewards run on the
+host (they may call recommenders, encoders or oracles) and come back as (rewards, valid, terms).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprof import sampling
+from jaxprof.rl import advantages as adv_lib
+from jaxprof.rl import losses
+from jaxprof.trainers import policy
+
+
+@dataclasses.dataclass
+class Rollout:
+  """Host-side view of one rollout batch; arrays are [R, ...] with R = prompts * group_size."""
+
+  prompt_ids: np.ndarray  # [R, P] left-padded
+  prompt_mask: np.ndarray
+  comp_ids: np.ndarray  # [R, N] right-padded
+  comp_mask: np.ndarray
+  logprobs: np.ndarray  # [R, N] policy log-probs at sampling time
+  row_prompt: np.ndarray  # [R] index of the prompt each row came from
+  completions: list[str] = dataclasses.field(default_factory=list)
+
+
+# reward_fn(rollout) -> (rewards [R] float32, valid [R] bool, per-term means for logging)
+RewardFn = Callable[[Rollout], tuple[np.ndarray, np.ndarray, dict[str, float]]]
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "max_new_tokens", "eos_ids", "sampler",
+                                             "group_size", "pad_id"))
+def _sample(spec, trainable, frozen, prompt_ids, prompt_mask, key, *, max_new_tokens, eos_ids,
+            sampler, group_size, pad_id):
+  params = policy.effective_params(spec, trainable, frozen)
+  return sampling.sample(params, spec.cfg, prompt_ids, prompt_mask, key,
+                         max_new_tokens=max_new_tokens, eos_ids=eos_ids, sampling=sampler,
+                         num_samples=group_size, pad_id=pad_id)
+
+
+def generate(spec: policy.PolicySpec, trainable: Any, frozen: Any, prompt_ids: np.ndarray,
+             prompt_mask: np.ndarray, key: jax.Array, rl_config, eos_ids: tuple[int, ...],
+             pad_id: int) -> Rollout:
+  sampler = sampling.Sampling(rl_config.temperature, rl_config.top_k, rl_config.top_p)
+  g = rl_config.group_size
+  out = _sample(spec, trainable, frozen, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), key,
+                max_new_tokens=rl_config.max_new_tokens, eos_ids=tuple(eos_ids), sampler=sampler,
+                group_size=g, pad_id=pad_id)
+  out = jax.device_get(out)
+  return Rollout(prompt_ids=np.repeat(prompt_ids, g, 0), prompt_mask=np.repeat(prompt_mask, g, 0),
+                 comp_ids=out.tokens, comp_mask=out.mask, logprobs=out.logprobs,
+                 row_prompt=np.repeat(np.arange(len(prompt_ids)), g))
+
+
+def text_reward_fn(reward, tokenizer, prompts: Sequence[str],
+                   columns: Mapping[str, Sequence[Any]]) -> RewardFn:
+  """Adapts a catalogue reward (RewardBatch -> values) to a RewardFn for one batch of prompts."""
+  from jaxprof.rewards.base import RewardBatch
+
+  def fn(rollout: Rollout):
+    rollout.completions = tokenizer.decode_batch(rollout.comp_ids, rollout.comp_mask)
+    rows = rollout.row_prompt
+    batch = RewardBatch(prompts=[prompts[i] for i in rows], completions=rollout.completions,
+                        completion_ids=rollout.comp_ids, completion_mask=rollout.comp_mask,
+                        columns={k: [v[i] for i in rows] for k, v in columns.items()})
+    result = reward(batch)
+    values, terms = (result if isinstance(result, tuple) else (result, {}))
+    values, valid = adv_lib.rewards_to_arrays(
+        [None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+         for v in np.asarray(values, dtype=object)])
+    means = {f"reward/{k}": float(np.nanmean(np.asarray(v, np.float64)))
+             for k, v in terms.items()}
+    return values, valid, means
+  return fn
+
+
+def ref_logprobs(spec, frozen_ref, batch) -> jax.Array:
+  """Reference-policy log-probs [R, N] (no gradient)."""
+  return policy.completion_logprobs(spec, frozen_ref, batch["prompt_ids"], batch["prompt_mask"],
+                                    batch["comp_ids"], batch["comp_mask"])
+
+
+def agg_weight(mask: jax.Array, mode: str, max_len: int | None = None) -> jax.Array:
+  """What `losses.aggregate(x, mask, mode)` divides by, so loss * weight is a summable total."""
+  mask = mask.astype(jnp.float32)
+  if mode == "token_mean":
+    return jnp.sum(mask)
+  if mode == "seq_mean_token_mean":
+    return jnp.sum(jnp.any(mask > 0, axis=-1).astype(jnp.float32))
+  if mode == "seq_mean_token_sum_norm":
+    return jnp.asarray(mask.shape[0], jnp.float32)
+  raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {losses.AGG_MODES}")
+
+
+def minibatches(num_rows: int, num_minibatches: int, rng: np.random.Generator) -> list[np.ndarray]:
+  if num_rows % num_minibatches:
+    raise ValueError(f"{num_rows} rollout rows do not split into {num_minibatches} minibatches")
+  return np.split(rng.permutation(num_rows), num_minibatches)
+
+
+def rollout_stats(rollout: Rollout, rewards: np.ndarray, valid: np.ndarray) -> dict[str, float]:
+  lengths = rollout.comp_mask.sum(-1)
+  r = rewards[valid]
+  return {"reward/mean": float(r.mean()) if r.size else float("nan"),
+          "reward/std": float(r.std()) if r.size else float("nan"),
+          "reward/none_fraction": float(1 - valid.mean()),
+          "rollout/length_mean": float(lengths.mean()), "rollout/length_max": float(lengths.max()),
+          "perf/tokens": float(rollout.comp_mask.sum() + rollout.prompt_mask.sum())}
