@@ -184,3 +184,45 @@ def rl_config(algo: str = "grpo", steps: int = 100, prompts_per_step: int = 4,
       ppo_epochs=2, whiten_advantages=True, entropy_coef=0.0,
       optim=optim_config(lr=lr, warmup=0, total_steps=steps, schedule="constant",
                          clip_norm=1.0)))
+
+
+def run_config(seed: int = 0) -> ml_collections.ConfigDict:
+  """Top-level fields every system config has."""
+  return ml_collections.ConfigDict(dict(
+      seed=seed, mesh=mesh_config(), checkpoint=checkpoint_config(every=50, keep=2),
+      log=log_config(every=10), max_nonfinite=5,
+      eval=dict(num_examples=32, batch_size=8, temperature=0.0, num_samples_shown=8)))
+
+
+def shrink_for_tests(config: ml_collections.ConfigDict) -> None:
+  """The `tiny` variant: a random 2-layer model and a handful of steps, same code paths."""
+  config.model.path = "tiny"
+  config.checkpoint.every = 2
+  config.eval.num_examples = 4
+  config.eval.batch_size = 4
+  for stage in ("sft", "reward_model"):
+    if stage in config:
+      config[stage].batch_size = 4
+      config[stage].optim.total_steps = 3
+      config[stage].optim.warmup = 1
+      config[stage].max_prompt_len = 96 if stage == "sft" else config[stage].max_prompt_len
+  if "reward_model" in config:
+    config.reward_model.max_prompt_len = 96
+    config.reward_model.max_response_len = 48
+    config.reward_model.backbone = "policy:1"
+  if "sft" in config:
+    config.sft.max_target_len = 48
+  config.rl.total_steps = 3
+  config.rl.optim.total_steps = 3
+  config.rl.prompts_per_step = 2
+  config.rl.group_size = 2
+  config.rl.max_new_tokens = 8
+  config.rl.max_prompt_len = 96
+
+
+def reward(name: str, weight: float, **kwargs) -> ml_collections.ConfigDict:
+  """One term of config.rewards (keyed by its log name): a registered reward with its kwargs.
+
+  "@name" kwargs refer to objects the task provides (an encoder, the trained reward model).
+  """
+  return ml_collections.ConfigDict(dict(name=name, weight=weight, kwargs=kwargs))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -124,6 +125,20 @@ def pad_to(x: np.ndarray, width: int, left: bool, value: int = 0) -> np.ndarray:
     return x[:, -width:] if left else x[:, :width]
   pad = [(0, 0), (width - x.shape[1], 0) if left else (0, width - x.shape[1])]
   return np.pad(x, pad, constant_values=value)
+
+
+def format_prompt(tok: Tokenizer, prompt: str | Sequence[Mapping[str, str]]) -> str:
+  """A prompt string: chat messages go through the tokenizer's chat template."""
+  if isinstance(prompt, str):
+    return prompt
+  return tok.apply_chat_template([dict(m) for m in prompt], add_generation_prompt=True)
+
+
+def plain_text(prompt: str | Sequence[Mapping[str, str]]) -> str:
+  """The user-visible text of a prompt (for encoders without a chat template)."""
+  if isinstance(prompt, str):
+    return prompt
+  return "\n".join(m["content"] for m in prompt if m["role"] != "system")
 
 
 def encode_prompts(tokenizer: Tokenizer, prompts: list[str], width: int

@@ -32,11 +32,13 @@ class Scorer:
   max_prompt_len: int
   max_response_len: int
 
-  def tokenize(self, tok, prompts: Sequence[str], responses: Sequence[str]
+  def tokenize(self, tok, prompts: Sequence, responses: Sequence[str]
                ) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(self.cfg, bert.BertConfig):  # response first: truncation drops prompt tail
-      return tok.tokenize([f"{r} [SEP] {p}" for p, r in zip(prompts, responses, strict=True)])
-    p_ids, p_mask = policy.encode_prompts(tok, list(prompts), self.max_prompt_len)
+      return tok.tokenize([f"{r} [SEP] {policy.plain_text(p)}"
+                           for p, r in zip(prompts, responses, strict=True)])
+    prompts = [policy.format_prompt(tok, p) for p in prompts]
+    p_ids, p_mask = policy.encode_prompts(tok, prompts, self.max_prompt_len)
     r_ids, r_mask = policy.encode_targets(tok, list(responses), self.max_response_len)
     return np.concatenate([p_ids, r_ids], 1), np.concatenate([p_mask, r_mask], 1)
 
@@ -156,3 +158,17 @@ class RewardModel:
       ids, mask = self.scorer.tokenize(self.tok, p, r)
       out.append(np.asarray(self._score(self.params, tokens=ids, mask=mask)))
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def as_reward(model: RewardModel, on_invalid: float | None = None):
+  """The catalogue reward of a trained reward model: r = model.score(prompt, completion).
+
+  Completions that are empty or not valid text get `on_invalid` (default None: ignored).
+  """
+  from jaxprof.rewards.base import to_rewards, valid_texts
+
+  def reward(batch):
+    completions, valid = valid_texts(batch.completions)
+    scores = model.score(batch.prompts, completions)
+    return to_rewards(scores, valid, on_invalid)
+  return reward

@@ -73,15 +73,18 @@ def text_reward_fn(reward, tokenizer, prompts: Sequence[str],
     batch = RewardBatch(prompts=[prompts[i] for i in rows], completions=rollout.completions,
                         completion_ids=rollout.comp_ids, completion_mask=rollout.comp_mask,
                         columns={k: [v[i] for i in rows] for k, v in columns.items()})
-    result = reward(batch)
-    values, terms = (result if isinstance(result, tuple) else (result, {}))
+    values, terms = reward.evaluate(batch) if hasattr(reward, "evaluate") else (reward(batch), {})
     values, valid = adv_lib.rewards_to_arrays(
         [None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
          for v in np.asarray(values, dtype=object)])
-    means = {f"reward/{k}": float(np.nanmean(np.asarray(v, np.float64)))
-             for k, v in terms.items()}
+    means = {f"reward/{k}": _mean_of_valid(v) for k, v in terms.items()}
     return values, valid, means
   return fn
+
+
+def _mean_of_valid(values) -> float:
+  kept = [float(v) for v in values if v is not None]
+  return float(np.mean(kept)) if kept else float("nan")
 
 
 def ref_logprobs(spec, frozen_ref, batch) -> jax.Array:

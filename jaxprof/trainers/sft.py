@@ -27,7 +27,7 @@ def sft_loss(spec: policy.PolicySpec, trainable, frozen, batch, rng):
 
 
 def make_batch(tok, examples: Sequence[Mapping[str, str]], idx: list[int], sft_config) -> dict:
-  prompts = [examples[i]["prompt"] for i in idx]
+  prompts = [policy.format_prompt(tok, examples[i]["prompt"]) for i in idx]
   targets = [examples[i]["target"] for i in idx]
   p_ids, p_mask = policy.encode_prompts(tok, prompts, sft_config.max_prompt_len)
   t_ids, t_mask = policy.encode_targets(tok, targets, sft_config.max_target_len)

@@ -1,0 +1,50 @@
+r"""GIRL: generative job recommendation (CV -> job description), SFT -> reward model -> PPO.
+
+  python -m jaxprof.train --config=configs/girl.py --workdir=runs/girl
+  python -m jaxprof.train --config=configs/girl.py:algo=grpo --workdir=runs/girl_grpo
+  python -m jaxprof.train --config=configs/girl.py:tiny --workdir=/tmp/girl_tiny   # seconds
+
+Data: the job_market data set (real O*NET/ESCO text, hidden recruiter oracle). The reward model
+is the first 8 layers of the SFT policy plus a scalar head (GIRL initialises the critic from a
+reward model smaller than the generator); PPO's critic starts from it. The eval stage compares the
+SFT and PPO policies by reward-model score and by the oracle's true match probability, so reward
+hacking shows up as a reward gain without an oracle gain. Defaults are sized for a CPU run of the
+packaged SmolLM2-135M; scale steps and batch sizes up on accelerators.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, algo="ppo", tiny=False, seed=0, lora=0)
+  config = common.run_config(arg.seed)
+  config.stages = ("sft", "reward_model", arg.algo, "eval")
+
+  config.data = ml_collections.ConfigDict(dict(
+      name="job_market", seed=arg.seed, data_dir="", max_history=30, include_skipped=False,
+      sizes=dict(num_seekers=400, num_cold_seekers=100, num_postings=600, sft=320,
+                 reward_model=320, rl=128, rec_train=400, rec_val=100, rec_test=200,
+                 cold_start_test=200, candidates=16)))
+
+  config.model = common.model_config("packaged", lora_rank=arg.lora)
+  config.sft = common.sft_config(steps=40, batch_size=4, lr=5e-5, max_prompt_len=256,
+                                 max_target_len=160)
+  config.reward_model = common.reward_model_config(steps=40, batch_size=4, lr=2e-5,
+                                                   backbone="policy:8")
+  config.reward_model.max_response_len = 160
+  config.rl = common.rl_config(algo=arg.algo, steps=12, prompts_per_step=4,
+                               group_size=2 if arg.algo == "ppo" else 4, max_new_tokens=96,
+                               lr=2e-6, kl_coef=0.05 if arg.algo == "ppo" else 0.04)
+  config.rl.critic_init = "reward_model"
+  # The trained reward model, plus a mild length term so JDs stay JD-sized.
+  config.rewards = dict(
+      reward_model=common.reward("trained_reward_model", 1.0, model="@reward_model"),
+      length=common.reward("length_penalty", 0.1, target_tokens=80, scale=1.0))
+  if arg.tiny:
+    common.shrink_for_tests(config)
+    config.data.sizes.update(dict(num_seekers=40, num_cold_seekers=10, num_postings=60, sft=16,
+                                  reward_model=16, rl=8, rec_train=16, rec_val=8, rec_test=8,
+                                  cold_start_test=8, candidates=4))
+  return config

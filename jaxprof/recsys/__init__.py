@@ -1,0 +1,1 @@
+"""Downstream recommender side: metrics, two-tower matcher, baselines, SASRec."""

@@ -1,0 +1,202 @@
+"""Recommendation metrics: pointwise (AUC, LogLoss) and full-catalogue ranking (Recall, NDCG, MRR).
+
+Ranking metrics work on a whole score matrix `scores: [U, I]` (one row per user, one column per
+catalogue item). They are written in `jax.numpy` so that the RL ranking reward can call them inside
+`jax.jit` per batch; they also accept numpy arrays.
+
+Tie rule (pessimistic): the rank of a target is 1 + the number of *competitors* whose score is
+greater than **or equal to** the target's score. Competitors are all items except the target itself
+and the items in `exclude_mask` (the user's history). A model that gives every item the same score
+therefore gets the worst possible rank, so a collapsed scorer cannot earn reward through ties. A
+target is ranked even when `exclude_mask` covers it (the mask removes competitors only). Other
+targets of the same user stay competitors, so with several targets the ranks are positions in one
+ranked list.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ------------------------------------------------------------------ pointwise metrics (numpy)
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Area under the ROC curve; tied scores count one half (as scikit-learn does).
+
+  Args:
+    labels: [N] in {0, 1}.
+    scores: [N] real-valued, larger means more likely positive.
+  Returns:
+    AUC in [0, 1]; raises ValueError if only one class is present.
+  """
+  labels = np.asarray(labels).reshape(-1)
+  scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+  if labels.shape != scores.shape:
+    raise ValueError(f"auc: labels {labels.shape} and scores {scores.shape} differ in shape")
+  pos = labels > 0.5
+  n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+  if n_pos == 0 or n_neg == 0:
+    raise ValueError(f"auc needs both classes; got {n_pos} positives and {n_neg} negatives")
+  neg_sorted = np.sort(scores[~pos])
+  below = np.searchsorted(neg_sorted, scores[pos], side="left")
+  below_or_equal = np.searchsorted(neg_sorted, scores[pos], side="right")
+  wins = below.sum() + 0.5 * (below_or_equal - below).sum()
+  return float(wins / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
+  """Mean binary cross-entropy; `probs` are clipped to [eps, 1 - eps].
+
+  Args:
+    labels: [N] in {0, 1}.
+    probs: [N] predicted P(label = 1).
+  """
+  labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+  probs = np.clip(np.asarray(probs, dtype=np.float64).reshape(-1), eps, 1.0 - eps)
+  if labels.shape != probs.shape:
+    raise ValueError(f"log_loss: labels {labels.shape} and probs {probs.shape} differ in shape")
+  return float(-np.mean(labels * np.log(probs) + (1.0 - labels) * np.log1p(-probs)))
+
+
+def bootstrap_ci(
+    per_user_values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
+  """Percentile bootstrap over users of a per-user metric.
+
+  Args:
+    per_user_values: [U] one value per user (NaN entries are dropped).
+  Returns:
+    (mean, low, high): the sample mean and the (alpha/2, 1 - alpha/2) bootstrap quantiles.
+  """
+  values = np.asarray(per_user_values, dtype=np.float64).reshape(-1)
+  values = values[np.isfinite(values)]
+  if values.size == 0:
+    raise ValueError("bootstrap_ci: no finite values")
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, values.size, size=(n_boot, values.size))
+  means = values[idx].mean(axis=1)
+  low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+  return float(values.mean()), float(low), float(high)
+
+
+# ------------------------------------------------------------------ ranking metrics (JAX)
+
+
+def history_mask(histories: Sequence[Sequence[int]], num_items: int) -> np.ndarray:
+  """[U, I] bool, True where item i is in user u's history (to be excluded from ranking)."""
+  mask = np.zeros((len(histories), num_items), dtype=bool)
+  for u, items in enumerate(histories):
+    items = np.asarray(items, dtype=np.int64)
+    if items.size and (items.min() < 0 or items.max() >= num_items):
+      raise ValueError(f"history_mask: user row {u} has an item outside [0, {num_items})")
+    mask[u, items] = True
+  return mask
+
+
+@jax.jit
+def rank_of_targets(
+    scores: jax.Array, targets: jax.Array, exclude_mask: jax.Array | None = None
+) -> jax.Array:
+  """1-based rank of each target among the non-excluded catalogue (pessimistic ties).
+
+  Args:
+    scores: [U, I] float.
+    targets: [U] or [U, K] int item ids; -1 marks padding.
+    exclude_mask: [U, I] bool, True = never ranked as a competitor (history). None = no mask.
+  Returns:
+    ranks: same shape as `targets`, int32; 0 where the target is padding.
+  """
+  scores = jnp.asarray(scores)
+  targets = jnp.asarray(targets)
+  squeeze = targets.ndim == 1
+  if squeeze:
+    targets = targets[:, None]
+  num_items = scores.shape[1]
+  valid = targets >= 0
+  safe = jnp.where(valid, targets, 0)
+  target_scores = jnp.take_along_axis(scores, safe, axis=1)  # [U, K]
+  competitor = jnp.ones(scores.shape, bool) if exclude_mask is None else ~jnp.asarray(exclude_mask)
+  not_self = jnp.arange(num_items)[None, None, :] != safe[:, :, None]  # [U, K, I]
+  beats = (scores[:, None, :] >= target_scores[:, :, None]) & competitor[:, None, :] & not_self
+  ranks = 1 + beats.sum(axis=-1, dtype=jnp.int32)
+  ranks = jnp.where(valid, ranks, 0)
+  return ranks[:, 0] if squeeze else ranks
+
+
+def _as_2d(ranks: jax.Array) -> jax.Array:
+  ranks = jnp.asarray(ranks)
+  return ranks[:, None] if ranks.ndim == 1 else ranks
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def recall_at_k(ranks: jax.Array, k: int) -> jax.Array:
+  """Per-user fraction of (non-padding) targets ranked in the top k.
+
+  Args:
+    ranks: [U] or [U, K] from `rank_of_targets` (0 = padding).
+  Returns:
+    [U] float32; 0 for users without targets.
+  """
+  ranks = _as_2d(ranks)
+  valid = ranks > 0
+  hits = (valid & (ranks <= k)).sum(axis=1)
+  n = valid.sum(axis=1)
+  return jnp.where(n > 0, hits / jnp.maximum(n, 1), 0.0).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def ndcg_at_k(ranks: jax.Array, k: int) -> jax.Array:
+  """Per-user NDCG@k with binary relevance: DCG of the hits over the ideal DCG of min(n, k) hits.
+
+  Args:
+    ranks: [U] or [U, K] from `rank_of_targets` (0 = padding).
+  Returns:
+    [U] float32; 0 for users without targets.
+  """
+  ranks = _as_2d(ranks)
+  valid = ranks > 0
+  gains = jnp.where(valid & (ranks <= k), 1.0 / jnp.log2(ranks.astype(jnp.float32) + 1.0), 0.0)
+  n = valid.sum(axis=1)
+  positions = jnp.arange(1, k + 1)
+  ideal = jnp.where(positions[None, :] <= n[:, None], 1.0 / jnp.log2(positions + 1.0), 0.0)
+  idcg = ideal.sum(axis=1)
+  return jnp.where(n > 0, gains.sum(axis=1) / jnp.maximum(idcg, 1e-12), 0.0).astype(jnp.float32)
+
+
+@jax.jit
+def mrr(ranks: jax.Array) -> jax.Array:
+  """Per-user reciprocal rank of the best-ranked target ([U] float32; 0 without targets)."""
+  ranks = _as_2d(ranks)
+  best = jnp.min(jnp.where(ranks > 0, ranks, jnp.iinfo(jnp.int32).max), axis=1)
+  return jnp.where(jnp.any(ranks > 0, axis=1), 1.0 / best.astype(jnp.float32), 0.0).astype(
+      jnp.float32)
+
+
+def ranking_metrics(
+    scores: jax.Array,
+    targets: jax.Array,
+    exclude_mask: jax.Array | None = None,
+    ks: Sequence[int] = (10,),
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """All ranking metrics at once, averaged over users that have at least one target.
+
+  Args:
+    scores: [U, I]; targets: [U] or [U, K] (-1 = padding); exclude_mask: [U, I] bool.
+  Returns:
+    (means, per_user): dicts keyed "recall@k", "ndcg@k", "mrr"; per_user values are [U] numpy
+    arrays restricted to users with targets (ready for `bootstrap_ci`).
+  """
+  ranks = rank_of_targets(scores, targets, exclude_mask)
+  has_target = np.asarray(_as_2d(ranks) > 0).any(axis=1)
+  per_user: dict[str, np.ndarray] = {}
+  for k in ks:
+    per_user[f"recall@{k}"] = np.asarray(recall_at_k(ranks, k))[has_target]
+    per_user[f"ndcg@{k}"] = np.asarray(ndcg_at_k(ranks, k))[has_target]
+  per_user["mrr"] = np.asarray(mrr(ranks))[has_target]
+  means = {name: float(v.mean()) if v.size else float("nan") for name, v in per_user.items()}
+  return means, per_user
