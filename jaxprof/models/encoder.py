@@ -7,8 +7,10 @@ once per bucket, not once per batch), embedded in fixed-size batches, and return
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pathlib
+import tempfile
 from collections.abc import Sequence
 
 import jax
@@ -32,6 +34,7 @@ class TextEncoder:
                max_length: int = 256, batch_size: int = 64):
     self.cfg, self.params, self.max_length, self.batch_size = cfg, params, max_length, batch_size
     self._tokenizer = tokenizer
+    self._source = ""  # identifies the weights in the catalogue cache key
     self._tokenizer.no_padding()
     self._tokenizer.enable_truncation(max_length)
     self._embed = jax.jit(functools.partial(bert.embed, cfg=cfg))
@@ -43,7 +46,9 @@ class TextEncoder:
     tok_file = path / "tokenizer.json"
     if not tok_file.exists():
       raise FileNotFoundError(f"{path}: encoder needs tokenizer.json")
-    return cls(cfg, params, tokenizers.Tokenizer.from_file(str(tok_file)), **kwargs)
+    encoder = cls(cfg, params, tokenizers.Tokenizer.from_file(str(tok_file)), **kwargs)
+    encoder._source = str(path.resolve())
+    return encoder
 
   @classmethod
   def packaged_minilm(cls, **kwargs) -> TextEncoder:
@@ -86,3 +91,25 @@ class TextEncoder:
       emb = self._embed(self.params, tokens=jnp.asarray(ids), mask=jnp.asarray(mask))
       out[start:start + len(chunk)] = np.asarray(emb)[:len(chunk)]
     return out
+
+  def embed_catalog(self, texts: Sequence[str]) -> np.ndarray:
+    """`embed` for a fixed catalogue (items, postings), cached on disk across runs.
+
+    The cache key covers the weights' directory, max_length and every text, so any change
+    recomputes. Files live in $JAXPROF_CACHE/embeddings and are written atomically.
+    """
+    if not self._source:
+      return self.embed(texts)
+    digest = hashlib.sha256("\x00".join([self._source, str(self.max_length), *texts]).encode())
+    path = assets.cache_dir() / "embeddings" / f"{digest.hexdigest()[:32]}.npy"
+    if path.exists():
+      cached = np.load(path)
+      if cached.shape == (len(texts), self.dim):
+        return cached
+    emb = self.embed(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, emb)
+    os.replace(tmp, path)
+    return emb

@@ -57,3 +57,15 @@ def test_causal_lm_dir_is_not_an_encoder(tmp_path):
   (tmp_path / "config.json").write_text('{"model_type": "llama"}')
   with pytest.raises(hf.CheckpointError, match="not an encoder; supported encoders: bert"):
     TextEncoder.from_dir(tmp_path)
+
+
+@pytest.mark.slow
+def test_catalog_embeddings_are_cached_on_disk(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAXPROF_CACHE", str(tmp_path))
+  encoder = TextEncoder.packaged_minilm()
+  first = encoder.embed_catalog(SENTENCES)
+  files = list((tmp_path / "embeddings").glob("*.npy"))
+  assert len(files) == 1
+  np.testing.assert_array_equal(encoder.embed_catalog(SENTENCES), first)
+  encoder.embed_catalog(SENTENCES[:-1])  # a different catalogue gets its own entry
+  assert len(list((tmp_path / "embeddings").glob("*.npy"))) == 2
