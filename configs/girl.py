@@ -5,7 +5,7 @@ r"""GIRL: generative job recommendation (CV -> job description), SFT -> reward m
   python -m jaxprof.train --config=configs/girl.py:tiny --workdir=/tmp/girl_tiny   # seconds
 
 Data: the job_market data set (real O*NET/ESCO text, hidden recruiter oracle). The reward model
-is the first 8 layers of the SFT policy plus a scalar head (GIRL initialises the critic from a
+is the first 6 layers of the SFT policy plus a scalar head (GIRL initialises the critic from a
 reward model smaller than the generator); PPO's critic starts from it. The eval stage compares the
 SFT and PPO policies by reward-model score and by the oracle's true match probability, so reward
 hacking shows up as a reward gain without an oracle gain. Defaults are sized for a CPU run of the
@@ -29,14 +29,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  cold_start_test=200, candidates=16)))
 
   config.model = common.model_config("packaged", lora_rank=arg.lora)
-  config.sft = common.sft_config(steps=40, batch_size=4, lr=5e-5, max_prompt_len=256,
-                                 max_target_len=160)
-  config.reward_model = common.reward_model_config(steps=40, batch_size=4, lr=2e-5,
-                                                   backbone="policy:8")
-  config.reward_model.max_response_len = 160
-  config.rl = common.rl_config(algo=arg.algo, steps=12, prompts_per_step=4,
-                               group_size=2 if arg.algo == "ppo" else 4, max_new_tokens=96,
-                               lr=2e-6, kl_coef=0.05 if arg.algo == "ppo" else 0.04)
+  # Sized for a CPU run of the packaged SmolLM2-135M (about 1.6 TFLOP per SFT step at these
+  # lengths); on accelerators raise steps, batch sizes and lengths from the command line.
+  config.sft = common.sft_config(steps=16, batch_size=4, lr=5e-5, max_prompt_len=224,
+                                 max_target_len=128)
+  config.reward_model = common.reward_model_config(steps=16, batch_size=4, lr=2e-5,
+                                                   backbone="policy:6")
+  config.reward_model.max_prompt_len = 224
+  config.reward_model.max_response_len = 128
+  config.rl = common.rl_config(algo=arg.algo, steps=6, prompts_per_step=4,
+                               group_size=2 if arg.algo == "ppo" else 4, max_new_tokens=64,
+                               lr=2e-6, kl_coef=0.05 if arg.algo == "ppo" else 0.04,
+                               max_prompt_len=224)
+  config.eval.num_examples = 16
   config.rl.critic_init = "reward_model"
   # The trained reward model, plus a mild length term so JDs stay JD-sized.
   config.rewards = dict(

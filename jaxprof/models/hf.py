@@ -291,16 +291,22 @@ def apply_rules(tensors: dict[str, np.ndarray], rules: list[Rule],
   for rule in rules:
     stacked = rule.ours.startswith("layers/")
     names = [rule.hf.format(i=i) for i in range(num_layers)] if stacked else [rule.hf]
+    want = shapes[rule.ours][1:] if stacked else shapes[rule.ours]
     parts = []
     for name in names:
       if name not in tensors:
         raise CheckpointError(f"{source}: missing tensor '{name}' (for {rule.ours})")
-      parts.append(rule.to_ours(tensors[name]))
+      try:
+        part = rule.to_ours(tensors[name])
+      except ValueError:  # a reshape that cannot apply
+        part = None
+      if part is None or part.shape != want:
+        raise CheckpointError(
+            f"{source}: tensor '{name}' has shape {tensors[name].shape}, which does not give "
+            f"{rule.ours}'s expected {shapes[rule.ours]} (per layer {want})")
+      parts.append(part)
       used.add(name)
     value = np.stack(parts) if stacked else parts[0]
-    if value.shape != shapes[rule.ours]:
-      raise CheckpointError(f"{source}: tensor '{names[0]}' has shape {tensors[names[0]].shape}, "
-                            f"giving {value.shape} for {rule.ours}; expected {shapes[rule.ours]}")
     flat[tuple(rule.ours.split("/"))] = jnp.asarray(value, dtype)
   unexpected = sorted(set(tensors) - used)
   if unexpected:
