@@ -94,18 +94,34 @@ def effective_params(spec: PolicySpec, trainable: Any, frozen: Any) -> dict:
 
 def completion_logprobs(spec: PolicySpec, params: dict, prompt_ids: jax.Array,
                         prompt_mask: jax.Array, comp_ids: jax.Array, comp_mask: jax.Array,
-                        with_entropy: bool = False):
-  """log p(completion tokens | prompt and earlier completion tokens): [B, N] float32.
+                        with_entropy: bool = False, group_size: int = 1):
+  """log p(completion tokens | prompt and earlier completion tokens): [R, N] float32.
 
-  prompt_ids/mask: [B, P] left-padded; comp_ids/mask: [B, N] right-padded. The last completion
-  token is never fed (nothing to predict after it), so the forward runs on P + N - 1 positions.
+  prompt_ids/mask: [R, P] left-padded; comp_ids/mask: [R, N] right-padded. The last completion
+  token is never fed (nothing to predict after it). With group_size=G, rows come in groups of G
+  that share one prompt (rollout order): each prompt runs through the network once, and its KV
+  cache serves the G completions, instead of G identical prompt passes.
   """
-  p = prompt_ids.shape[1]
-  tokens = jnp.concatenate([prompt_ids, comp_ids[:, :-1]], axis=1)
-  mask = jnp.concatenate([prompt_mask, comp_mask[:, :-1]], axis=1)
-  hidden, _ = causal_lm.forward(params, spec.cfg, tokens, mask, remat=spec.remat)
-  return causal_lm.token_logprobs(params, spec.cfg, hidden[:, p - 1:], comp_ids,
-                                  spec.chunk_size, with_entropy)
+  r, p = prompt_ids.shape
+  n = comp_ids.shape[1]
+  if group_size == 1:
+    tokens = jnp.concatenate([prompt_ids, comp_ids[:, :-1]], axis=1)
+    mask = jnp.concatenate([prompt_mask, comp_mask[:, :-1]], axis=1)
+    hidden, _ = causal_lm.forward(params, spec.cfg, tokens, mask, remat=spec.remat)
+    hidden = hidden[:, p - 1:]
+  else:
+    if r % group_size:
+      raise ValueError(f"{r} rows are not whole groups of {group_size}")
+    cache = causal_lm.init_cache(spec.cfg, r // group_size, p + n - 1,
+                                 jax.tree.leaves(params)[0].dtype)
+    h_prompt, cache = causal_lm.forward(params, spec.cfg, prompt_ids[::group_size],
+                                        prompt_mask[::group_size], cache=cache, remat=spec.remat)
+    h_comp, _ = causal_lm.forward(params, spec.cfg, comp_ids[:, :-1], comp_mask[:, :-1],
+                                  cache=cache.repeat(group_size), remat=spec.remat)
+    first = jnp.repeat(h_prompt[:, -1:], group_size, axis=0)  # predicts completion token 0
+    hidden = jnp.concatenate([first, h_comp], axis=1)
+  return causal_lm.token_logprobs(params, spec.cfg, hidden, comp_ids, spec.chunk_size,
+                                  with_entropy)
 
 
 def export(spec: PolicySpec, trainable: Any, frozen: Any, tokenizer: Tokenizer,
