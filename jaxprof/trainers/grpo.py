@@ -30,8 +30,9 @@ def grpo_loss(spec: policy.PolicySpec, rl, single_update: bool, trainable, froze
   del rng
   params = policy.effective_params(spec, trainable, frozen)
   mask = batch["comp_mask"]
+  g = rollout.shareable_group(mask.shape[0], rl.group_size)
   lp, ent = policy.completion_logprobs(spec, params, batch["prompt_ids"], batch["prompt_mask"],
-                                       batch["comp_ids"], mask, with_entropy=True)
+                                       batch["comp_ids"], mask, with_entropy=True, group_size=g)
   old = jax.lax.stop_gradient(lp) if single_update else batch["old_logprobs"]
   loss, m = losses.policy_loss(
       lp, old, batch["advantages"], mask, eps_low=rl.eps_low, eps_high=rl.eps_high,
@@ -56,7 +57,7 @@ def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any
   state, shardings = common.create_state(trainable, axes, tx, mesh, config.mesh.rules)
   update = common.jit_update(common.make_update(
       functools.partial(grpo_loss, spec, rl, single), tx, rl.optim.grad_accum, "rl"), shardings)
-  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec))
+  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rl.group_size))
   key = jax.random.key(config.seed)
 
   def one_step(state, step):
@@ -74,7 +75,7 @@ def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any
       batch["ref_logprobs"] = np.asarray(ref_fn(ref_params, parallel.shard_batch(batch, mesh)))
     rng = np.random.default_rng([config.seed, step])
     for _ in range(rl.num_iterations):
-      for rows in rollout.minibatches(len(rewards), rl.num_minibatches, rng):
+      for rows in rollout.minibatches(len(rewards), rl.num_minibatches, rng, rl.group_size):
         mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
         state, m = update(state, frozen, mb, step_key)
     return state, {**m, **rollout.rollout_stats(ro, rewards, valid), **terms}

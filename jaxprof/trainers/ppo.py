@@ -36,8 +36,9 @@ def policy_loss_fn(spec, rl, trainable, frozen, batch, rng):
   del rng
   params = policy.effective_params(spec, trainable, frozen)
   mask = batch["comp_mask"]
+  g = rollout.shareable_group(mask.shape[0], rl.group_size)
   lp, ent = policy.completion_logprobs(spec, params, batch["prompt_ids"], batch["prompt_mask"],
-                                       batch["comp_ids"], mask, with_entropy=True)
+                                       batch["comp_ids"], mask, with_entropy=True, group_size=g)
   loss, m = losses.policy_loss(
       lp, batch["old_logprobs"], batch["advantages"], mask, eps_low=rl.eps_low,
       eps_high=rl.eps_high, dual_clip=rl.dual_clip or None, ratio_level=rl.ratio_level,
@@ -79,7 +80,7 @@ def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any
   update_critic = common.jit_update(common.make_update(
       functools.partial(critic_loss_fn, critic_cfg, rl), critic_tx, rl.optim.grad_accum,
       "critic"), crit_sh)
-  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec))
+  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rl.group_size))
   values_fn = jax.jit(functools.partial(critic_values, critic_cfg))
   key = jax.random.key(config.seed)
 
@@ -108,7 +109,7 @@ def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any
     rng = np.random.default_rng([config.seed, step])
     pol, crit = state["policy"], state["critic"]
     for _ in range(rl.ppo_epochs):
-      for rows in rollout.minibatches(len(scores), rl.num_minibatches, rng):
+      for rows in rollout.minibatches(len(scores), rl.num_minibatches, rng, rl.group_size):
         mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
         pol, m_pol = update_policy(pol, frozen, mb, step_key)
         crit, m_crit = update_critic(crit, {}, mb, step_key)

@@ -87,10 +87,16 @@ def _mean_of_valid(values) -> float:
   return float(np.mean(kept)) if kept else float("nan")
 
 
-def ref_logprobs(spec, frozen_ref, batch) -> jax.Array:
+def shareable_group(rows: int, group_size: int) -> int:
+  """group_size if `rows` are whole groups (then the prompt pass is shared), else 1."""
+  return group_size if rows % group_size == 0 else 1
+
+
+def ref_logprobs(spec, group_size: int, frozen_ref, batch) -> jax.Array:
   """Reference-policy log-probs [R, N] (no gradient)."""
+  g = shareable_group(batch["prompt_ids"].shape[0], group_size)
   return policy.completion_logprobs(spec, frozen_ref, batch["prompt_ids"], batch["prompt_mask"],
-                                    batch["comp_ids"], batch["comp_mask"])
+                                    batch["comp_ids"], batch["comp_mask"], group_size=g)
 
 
 def agg_weight(mask: jax.Array, mode: str, max_len: int | None = None) -> jax.Array:
@@ -105,10 +111,15 @@ def agg_weight(mask: jax.Array, mode: str, max_len: int | None = None) -> jax.Ar
   raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {losses.AGG_MODES}")
 
 
-def minibatches(num_rows: int, num_minibatches: int, rng: np.random.Generator) -> list[np.ndarray]:
-  if num_rows % num_minibatches:
-    raise ValueError(f"{num_rows} rollout rows do not split into {num_minibatches} minibatches")
-  return np.split(rng.permutation(num_rows), num_minibatches)
+def minibatches(num_rows: int, num_minibatches: int, rng: np.random.Generator,
+                group_size: int = 1) -> list[np.ndarray]:
+  """Row indices of each minibatch: whole groups, shuffled, so prompt passes stay shareable."""
+  groups = num_rows // group_size
+  if groups % num_minibatches:
+    raise ValueError(f"{groups} prompt groups do not split into {num_minibatches} minibatches")
+  order = rng.permutation(groups)
+  rows = (order[:, None] * group_size + np.arange(group_size)[None]).reshape(-1)
+  return np.split(rows, num_minibatches)
 
 
 def rollout_stats(rollout: Rollout, rewards: np.ndarray, valid: np.ndarray) -> dict[str, float]:
