@@ -191,7 +191,9 @@ def run_config(seed: int = 0) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       seed=seed, mesh=mesh_config(), checkpoint=checkpoint_config(every=50, keep=2),
       log=log_config(every=10), max_nonfinite=5,
-      eval=dict(num_examples=32, batch_size=8, temperature=0.0, num_samples_shown=8)))
+      eval=dict(num_examples=32, batch_size=8, temperature=0.0, num_samples_shown=8,
+                # GIRL Tables III/IV: rows of rec_train to generate JDs for (0 = skip).
+                enhanced_rec_rows=0, enhanced_rec_samples=2)))
 
 
 def shrink_for_tests(config: ml_collections.ConfigDict) -> None:

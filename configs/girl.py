@@ -42,6 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                lr=2e-6, kl_coef=0.05 if arg.algo == "ppo" else 0.04,
                                max_prompt_len=224)
   config.eval.num_examples = 16
+  config.eval.enhanced_rec_rows = 64  # GIRL Tables III/IV on a CPU-sized slice
   config.rl.critic_init = "reward_model"
   # The trained reward model, plus a mild length term so JDs stay JD-sized.
   config.rewards = dict(
@@ -49,7 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       length=common.reward("length_penalty", 0.1, target_tokens=80, scale=1.0))
   if arg.tiny:
     common.shrink_for_tests(config)
+    config.eval.enhanced_rec_rows = 16
     config.data.sizes.update(dict(num_seekers=40, num_cold_seekers=10, num_postings=60, sft=16,
-                                  reward_model=16, rl=8, rec_train=16, rec_val=8, rec_test=8,
-                                  cold_start_test=8, candidates=4))
+                                  reward_model=16, rl=8, rec_train=16, rec_val=16, rec_test=16,
+                                  cold_start_test=16, candidates=4))
   return config

@@ -127,6 +127,10 @@ def run_stages(
   stages = check_stages(config.stages if stages is None else stages, registry)
   workdir = pathlib.Path(workdir)
   outputs: dict[str, dict[str, Any]] = {}
+  for name in config.stages:  # stages not asked for still feed their recorded outputs forward
+    done = read_done(workdir / name) if name not in stages else None
+    if done is not None:
+      outputs[name] = dict(done.get("outputs", {}))
   for name in stages:
     stage_dir = workdir / name
     done = read_done(stage_dir)

@@ -73,6 +73,10 @@ def run(config, stage_dir: pathlib.Path, inputs: Mapping[str, Mapping], task) ->
   for name, model_dir in _policies(config, inputs).items():
     logging.info("evaluating %s policy %s on %d prompts", name, model_dir, len(rows))
     results[name], samples[name] = score_policy(config, task, model_dir, rows, reward, stage_dir)
+  if config.eval.enhanced_rec_rows and config.data.name == "job_market":
+    from jaxprof.trainers import enhanced_rec
+
+    results["enhanced_rec"] = enhanced_rec.run(config, task, _policies(config, inputs))
   stages.atomic_write_json(stage_dir / "results.json", results)
   lines = []
   for i, r in enumerate(rows[:config.eval.num_samples_shown]):
@@ -80,11 +84,13 @@ def run(config, stage_dir: pathlib.Path, inputs: Mapping[str, Mapping], task) ->
                              **{n: s[i] for n, s in samples.items()}}))
   stages.atomic_write_text(stage_dir / "samples.jsonl", "\n".join(lines) + "\n")
   stages.atomic_write_text(stage_dir / "report.md", report(config, results, samples))
-  plot(results, stage_dir / "rewards.png")
+  plot({k: v for k, v in results.items() if k != "enhanced_rec"}, stage_dir / "rewards.png")
   return {"results": results}
 
 
 def report(config, results: Mapping[str, Mapping[str, float]], samples) -> str:
+  enhanced = results.get("enhanced_rec")
+  results = {k: v for k, v in results.items() if k != "enhanced_rec"}
   names = list(results)
   metrics = sorted({k for r in results.values() for k in r})
   out = [f"# Evaluation: {config.data.name}\n", "| metric | " + " | ".join(names) + " |",
@@ -93,7 +99,16 @@ def report(config, results: Mapping[str, Mapping[str, float]], samples) -> str:
     out.append(f"| {m} | " + " | ".join(f"{results[n].get(m, float('nan')):.4f}"
                                          for n in names) + " |")
   out.append("\n`truth/*` is the task's independent measure; `reward/*` is what RL optimised.\n")
+  if enhanced:
+    cols = sorted({k for r in enhanced.values() for k in r})
+    out += ["## Generation-enhanced recommendation (GIRL Tables III/IV)\n",
+            "| matcher | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    out += [f"| {m} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |"
+            for m, r in enhanced.items()]
+    out.append("")
   for n in names:
+    if n not in samples:
+      continue
     out.append(f"## A {n} sample\n\n```\n{samples[n][0] if samples[n] else ''}\n```\n")
   return "\n".join(out)
 
