@@ -62,10 +62,14 @@ def create_state(params: Any, axes: Any, tx: optax.GradientTransformation, mesh:
   Returns the state and its shardings (to pass as the jitted step's in/out shardings).
   """
   param_sh = shardings_for(axes, params, mesh, rules)
-  # A private copy: the state is donated to the step, and callers may still hold `params`
-  # (a reference policy, a critic sharing the embeddings).
-  params = jax.device_put(params, param_sh, may_alias=False)
-  opt_state = jax.jit(tx.init)(params)  # optimizer moments inherit the params' shardings
+  # A private copy: the state is donated to the step, and callers may still hold `params` (a
+  # reference policy, a critic sharing the embeddings). device_put alone may alias replicated
+  # buffers, so copy first.
+  params = jax.device_put(jax.tree.map(jnp.copy, params), param_sh)
+  opt_state = jax.jit(tx.init)(params)  # moments inherit the params' shardings
+  devices = set(mesh.devices.flat)  # counters (Adam's count) do not: replicate them on the mesh
+  opt_state = jax.tree.map(lambda x: x if x.sharding.device_set == devices
+                           else jax.device_put(x, parallel.replicated(mesh)), opt_state)
   scalar = parallel.replicated(mesh)
   state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), scalar), params=params,
                      opt_state=opt_state,

@@ -55,7 +55,8 @@ def test_merge_is_identity_at_init():
   merged = lora.merge(params, adapters, 16.0, RANK)
   for path, m in jax.tree_util.tree_leaves_with_path(merged):
     base = functools.reduce(lambda t, k: t[k.key], path, params)
-    np.testing.assert_array_equal(np.asarray(m), np.asarray(base), err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_array_equal(np.asarray(m), np.asarray(base),
+                                  err_msg=jax.tree_util.keystr(path))
 
 
 def test_unknown_target_names_the_available_ones():

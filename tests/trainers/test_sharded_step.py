@@ -3,7 +3,6 @@
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -53,24 +52,13 @@ def off_mesh_leaves(state, mesh) -> list[str]:
           if x.sharding.device_set != devices]
 
 
-def onto_mesh(state, mesh):
-  """Works around create_state leaving optimizer scalars (Adam's count) on device 0 only."""
-  devices = set(mesh.devices.flat)
-  state = jax.tree.map(lambda x: x if x.sharding.device_set == devices
-                       else jax.device_put(x, parallel.replicated(mesh)), state)
-  return state, jax.tree.map(lambda x: x.sharding, state)
-
-
 def one_update(name: str, params, mesh, rules: str):
-  """(loss, updated params on the host, sharded fraction of the params before and after)."""
+  """Two updates: ([(loss, grad norm)] per step, updated params on the host, sharded fraction of
+  the params before and after)."""
   spec = policy.PolicySpec(cfg=CFG)
   loss_fn, accum = loss_and_accum(name, spec)
   tx = make_tx()
-  # A private copy: create_state's copy aliases replicated leaves on a multi-device mesh (see the
-  # xfail test below), and the donated update would delete the caller's `params`.
-  private = jax.tree.map(jnp.copy, params)
-  state, shardings = common.create_state(private, causal_lm.param_axes(CFG), tx, mesh, rules)
-  state, shardings = onto_mesh(state, mesh)
+  state, shardings = common.create_state(params, causal_lm.param_axes(CFG), tx, mesh, rules)
   fraction = parallel.sharded_fraction(state.params)
   update = common.jit_update(common.make_update(loss_fn, tx, accum, "train"), shardings)
   batch = parallel.shard_batch(rollout_batch(), mesh)
@@ -88,17 +76,17 @@ def one_update(name: str, params, mesh, rules: str):
 def test_sharded_update_equals_single_device(name):
   assert jax.device_count() == 8, "tests/conftest.py should simulate 8 CPU devices"
   params = helpers.tiny_params(CFG, scale=2.0)
-  loss1, p1, _, _ = one_update(name, params, parallel.make_mesh(data=1), "fsdp_tp")
+  m1, p1, _, _ = one_update(name, params, parallel.make_mesh(data=1), "fsdp_tp")
   mesh8 = parallel.make_mesh(data=2, fsdp=2, tensor=2)
-  loss8, p8, frac_in, frac_out = one_update(name, params, mesh8, "fsdp_tp")
+  m8, p8, frac_in, frac_out = one_update(name, params, mesh8, "fsdp_tp")
 
   assert frac_in > 0.5 and frac_out > 0.5  # params (and the updated params) really are sharded
   # (loss, grad norm) of both steps.
-  np.testing.assert_allclose(np.asarray(loss8), np.asarray(loss1), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(m8), np.asarray(m1), rtol=1e-5, atol=1e-5)
   diff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1),
                                                          strict=True))
   print(f"{name}: sharded fraction {frac_in:.3f} -> {frac_out:.3f}; (loss, grad norm) 1-dev "
-        f"{loss1} 8-dev {loss8}; params max |diff| {diff:.2e}")
+        f"{m1} 8-dev {m8}; params max |diff| {diff:.2e}")
   moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(p1),
                                                           jax.tree.leaves(params), strict=True))
   assert moved > 1e-3  # the updates changed the params
@@ -107,12 +95,6 @@ def test_sharded_update_equals_single_device(name):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=jax.tree_util.keystr(path[0]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in jaxprof/trainers/common.py create_state: jax.jit(tx.init)(params) leaves optimizer "
-    "leaves that do not derive from params (optax ScaleByAdamState.count, ...) on "
-    "SingleDeviceSharding(device 0), so on a multi-device mesh jit_update raises 'Received "
-    "incompatible devices for jitted computation'. Fix: device_put such leaves with "
-    "parallel.replicated(mesh) after tx.init."))
 def test_create_state_puts_every_leaf_on_the_mesh():
   mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
   tx = make_tx()
@@ -121,12 +103,6 @@ def test_create_state_puts_every_leaf_on_the_mesh():
   assert off_mesh_leaves(state, mesh) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in jaxprof/trainers/common.py create_state: jax.device_put(params, param_sh, "
-    "may_alias=False) still aliases a single-device leaf into the device-0 shard of a fully "
-    "replicated NamedSharding (jax 0.10.2), so donating the state to the update deletes the "
-    "caller's params (e.g. final_norm; GRPO/PPO's ref_params is the same tree). Fix: "
-    "params = jax.device_put(jax.tree.map(jnp.copy, params), param_sh)."))
 def test_create_state_copies_params_on_a_multi_device_mesh():
   mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
   params = helpers.tiny_params(CFG)
