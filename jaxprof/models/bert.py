@@ -128,7 +128,8 @@ def _block(cfg: BertConfig, x: jax.Array, p: dict, visible: jax.Array) -> jax.Ar
   q = jnp.einsum("BTD,DNH->BTNH", x, p["q"]) + p["q_bias"]
   k = jnp.einsum("BTD,DNH->BTNH", x, p["k"]) + p["k_bias"]
   v = jnp.einsum("BTD,DNH->BTNH", x, p["v"]) + p["v_bias"]
-  attn = jnp.einsum("BTNH,NHD->BTD", layers.attend(q, k, v, visible), p["o"]) + p["o_bias"]
+  attn = layers.attend(q, layers.heads_first(k), layers.heads_first(v), visible)
+  attn = jnp.einsum("BTNH,NHD->BTD", attn, p["o"]) + p["o_bias"]
   x = layers.layer_norm(x + attn, p["ln1"]["scale"], p["ln1"]["bias"], cfg.layer_norm_eps)
   h = jax.nn.gelu(jnp.einsum("BTD,DF->BTF", x, p["fc"]) + p["fc_bias"], approximate=False)
   h = jnp.einsum("BTF,FD->BTD", h, p["proj"]) + p["proj_bias"]

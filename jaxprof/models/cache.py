@@ -11,7 +11,7 @@ from flax import struct
 class KVCache:
   """Keys and values of every layer, stacked.
 
-  k, v: [L, B, S, K, H]; mask: [B, S] bool, which slots hold a real token; index: [] int32, the
+  k, v: [L, B, K, S, H] (heads before slots: the layout attention reads); mask: [B, S] bool, which slots hold a real token; index: [] int32, the
   next slot to write (all rows share it: prompts are left-padded so they end together).
   """
 
@@ -23,13 +23,13 @@ class KVCache:
   @classmethod
   def zeros(cls, num_layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int,
             dtype=jnp.float32) -> KVCache:
-    shape = (num_layers, batch, max_len, kv_heads, head_dim)
+    shape = (num_layers, batch, kv_heads, max_len, head_dim)
     return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
   def repeat(self, times: int) -> KVCache:
     """Each row repeated `times` times (row-major): shares one prompt's cache across a group."""

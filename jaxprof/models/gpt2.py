@@ -79,9 +79,9 @@ def _block(cfg: GPT2Config, x, p, visible, kv, index):
   q = jnp.einsum("BTD,DNH->BTNH", h, p["q"]) + p["q_bias"]
   k = jnp.einsum("BTD,DNH->BTNH", h, p["k"]) + p["k_bias"]
   v = jnp.einsum("BTD,DNH->BTNH", h, p["v"]) + p["v_bias"]
+  k, v = layers.heads_first(k), layers.heads_first(v)
   if kv is not None:
-    kv = layers.update_cache(kv[0], kv[1], k, v, index)
-    k, v = kv
+    kv, k, v = layers.write_kv(kv, k, v, index)
   attn = layers.attend(q, k, v, visible)
   x = x + jnp.einsum("BTNH,NHD->BTD", attn, p["o"]) + p["o_bias"]
   h = layers.layer_norm(x, p["ln2"]["scale"], p["ln2"]["bias"], cfg.layer_norm_eps)

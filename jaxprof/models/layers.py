@@ -137,21 +137,26 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.
 
   Args:
     q: [B, T, N, H] queries (N = K * G query heads).
-    k, v: [B, S, K, H] keys and values.
+    k, v: [B, K, S, H] keys and values (the KV cache's own layout, so nothing is transposed).
     visible: [B, T, S] bool, which key each query may attend to.
   Returns:
     [B, T, N, H].
   """
   b, t, n, h = q.shape
-  kv_heads = k.shape[2]
+  kv_heads = k.shape[1]
   q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-  scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+  scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k, preferred_element_type=jnp.float32)
   scores = scores / math.sqrt(h)
   # A finite floor (not -inf) keeps fully masked rows (left padding) free of NaN.
   scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+  out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
   return out.reshape(b, t, n, h)
+
+
+def heads_first(x: jax.Array) -> jax.Array:
+  """[B, T, K, H] -> [B, K, T, H], the layout attention and the cache use."""
+  return jnp.swapaxes(x, 1, 2)
 
 
 def default_positions(mask: jax.Array) -> jax.Array:
@@ -173,12 +178,21 @@ def visibility(mask: jax.Array, key_mask: jax.Array, query_slots: jax.Array,
   return causal[None, :, :] & key_mask[:, None, :]
 
 
-def update_cache(cache_k: jax.Array, cache_v: jax.Array, k: jax.Array, v: jax.Array,
-                 index: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Writes k, v: [B, T, K, H] into cache: [B, S, K, H] at slots [index, index + T)."""
-  cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
-  cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
-  return cache_k, cache_v
+def write_kv(kv: tuple, k: jax.Array, v: jax.Array, index: jax.Array):
+  """Writes this layer's new keys/values into the stacked cache and reads the layer back.
+
+  Args:
+    kv: (k_all, v_all, layer): the whole cache [L, B, K, S, H] (carried through the layer scan, so
+      XLA updates it in place) and this layer's index.
+    k, v: [B, K, T, H] new keys/values, written at slots [index, index + T).
+  Returns:
+    ((k_all, v_all), k_layer, v_layer) with k_layer/v_layer [B, K, S, H].
+  """
+  k_all, v_all, layer = kv
+  at = (layer, 0, 0, index, 0)
+  k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
+  v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
+  return (k_all, v_all), k_all[layer], v_all[layer]
 
 
 def attention_inputs(mask: jax.Array, positions: jax.Array | None, cache):
@@ -205,13 +219,27 @@ def attention_inputs(mask: jax.Array, positions: jax.Array | None, cache):
 
 
 def scan_layers(block: Callable, x: jax.Array, stacked: dict, cache, key_mask, remat: bool):
-  """Runs `block(x, layer_params, kv) -> (x, kv)` over the stacked layers, threading the cache."""
-  body = lambda x, layer: block(x, *layer)
+  """Runs `block(x, layer_params, kv) -> (x, kv)` over the stacked layers.
+
+  Without a cache kv is None. With one, the whole cache rides in the scan carry and each layer
+  writes only its new slots (`write_kv`): no per-step copy of the cache.
+  """
+  if cache is None:
+    body = lambda x, p: (block(x, p, None)[0], None)
+    if remat:
+      body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    return jax.lax.scan(body, x, stacked)[0], None
+
+  def body(carry, layer):
+    x, k_all, v_all = carry
+    p, i = layer
+    x, (k_all, v_all) = block(x, p, (k_all, v_all, i))
+    return (x, k_all, v_all), None
+
   if remat:
     body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-  kv_in = None if cache is None else (cache.k, cache.v)
-  x, kv_out = jax.lax.scan(body, x, (stacked, kv_in))
-  if cache is not None:
-    cache = cache.replace(k=kv_out[0], v=kv_out[1], mask=key_mask,
-                          index=cache.index + x.shape[1])
+  num_layers = cache.k.shape[0]
+  (x, k_all, v_all), _ = jax.lax.scan(body, (x, cache.k, cache.v),
+                                      (stacked, jnp.arange(num_layers)))
+  cache = cache.replace(k=k_all, v=v_all, mask=key_mask, index=cache.index + x.shape[1])
   return x, cache

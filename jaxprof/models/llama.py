@@ -71,7 +71,7 @@ def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=jnp.float32) ->
 
 def _block(cfg: LlamaConfig, inv_freq: jax.Array, x: jax.Array, p: dict, positions: jax.Array,
            visible: jax.Array, kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None):
-  """One decoder layer. x: [B, T, D]; p: this layer's params; kv: this layer's cache or None."""
+  """One decoder layer. x: [B, T, D]; p: this layer's params; kv: (cache k, v, layer) or None."""
   h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
   q = jnp.einsum("BTD,DNH->BTNH", h, p["q"])
   k = jnp.einsum("BTD,DKH->BTKH", h, p["k"])
@@ -79,10 +79,10 @@ def _block(cfg: LlamaConfig, inv_freq: jax.Array, x: jax.Array, p: dict, positio
   if cfg.qkv_bias:
     q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
   q = layers.apply_rope(q, positions, inv_freq)
-  k = layers.apply_rope(k, positions, inv_freq)
+  k = layers.heads_first(layers.apply_rope(k, positions, inv_freq))
+  v = layers.heads_first(v)
   if kv is not None:
-    kv = layers.update_cache(kv[0], kv[1], k, v, index)
-    k, v = kv
+    kv, k, v = layers.write_kv(kv, k, v, index)
   attn = layers.attend(q, k, v, visible)
   x = x + jnp.einsum("BTNH,NHD->BTD", attn, p["o"])
   h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
