@@ -11,8 +11,10 @@ from flax import struct
 class KVCache:
   """Keys and values of every layer, stacked.
 
-  k, v: [L, B, K, S, H] (heads before slots: the layout attention reads); mask: [B, S] bool, which slots hold a real token; index: [] int32, the
-  next slot to write (all rows share it: prompts are left-padded so they end together).
+  k, v: [L, B, K, S, H] (heads before slots: the layout attention reads).
+  mask: [B, S] bool, which slots hold a real token.
+  index: [] int32, the next slot to write (all rows share it: prompts are left-padded so they end
+  together).
   """
 
   k: jax.Array
