@@ -44,7 +44,10 @@ def test_girl_tiny_end_to_end(tmp_path, algo):
     assert "critic/explained_variance" in lines[-1]
   assert (tmp_path / algo / "export" / "model.safetensors").exists()
   results = json.loads((tmp_path / "eval" / "results.json").read_text())
-  assert set(results) == {"start", "rl"} and "truth/oracle_match" in results["rl"]
+  assert set(results) == {"start", "rl", "enhanced_rec"}
+  assert "truth/oracle_match" in results["rl"]
+  assert {"plain/mlp", "plain/dot", "rl/mlp", "start/dot"} <= set(results["enhanced_rec"])
+  assert "cold_start_test/auc" in results["enhanced_rec"]["rl/mlp"]
   assert (tmp_path / "eval" / "report.md").exists() and (tmp_path / "eval" / "rewards.png").exists()
   # Re-running the same command skips every completed stage.
   again = train(f"configs/girl.py:tiny,algo={algo}", tmp_path)
