@@ -18,12 +18,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, tiny=False, seed=0, lora=0)
   config = common.run_config(arg.seed)
   config.stages = ("grpo", "eval")
-  config.data = ml_collections.ConfigDict(dict(
-      name="movielens100k", seed=arg.seed, data_dir="", max_history=20, include_skipped=False,
-      sizes={}))
+  config.data = common.movielens_data(arg.seed)
   config.model = common.model_config("packaged", lora_rank=arg.lora)
-  config.rl = common.rl_config(algo="grpo", steps=20, prompts_per_step=4, group_size=4,
-                               max_new_tokens=64, lr=2e-6, kl_coef=0.04, max_prompt_len=512)
+  config.rl = common.profile_rl_config()
   config.rewards = dict(
       contrastive=common.reward("embedding_contrastive", 1.0, encoder="@encoder",
                                 item_texts="@item_texts", temperature=0.05, num_negatives=31,

@@ -228,3 +228,15 @@ def reward(name: str, weight: float, **kwargs) -> ml_collections.ConfigDict:
   "@name" kwargs refer to objects the task provides (an encoder, the trained reward model).
   """
   return ml_collections.ConfigDict(dict(name=name, weight=weight, kwargs=kwargs))
+
+
+def movielens_data(seed: int, max_history: int = 20) -> ml_collections.ConfigDict:
+  """movielens100k section (LangPTune, BLUE): the whole data set, the last items held out."""
+  return ml_collections.ConfigDict(dict(name="movielens100k", seed=seed, data_dir="",
+                                        max_history=max_history, include_skipped=False, sizes={}))
+
+
+def profile_rl_config() -> ml_collections.ConfigDict:
+  """GRPO for history -> profile writing on CPU: 4 users x 4 profiles of up to 64 tokens."""
+  return rl_config(algo="grpo", steps=20, prompts_per_step=4, group_size=4, max_new_tokens=64,
+                   lr=2e-6, kl_coef=0.04, max_prompt_len=512)

@@ -28,11 +28,8 @@ PromptBatchFn = Callable[[int], tuple[np.ndarray, np.ndarray, rollout.RewardFn]]
 def grpo_loss(spec: policy.PolicySpec, rl, single_update: bool, trainable, frozen, batch, rng):
   """Clipped policy loss + beta * KL(pi || ref) (estimator rl.kl_estimator), as a weighted sum."""
   del rng
-  params = policy.effective_params(spec, trainable, frozen)
   mask = batch["comp_mask"]
-  g = rollout.shareable_group(mask.shape[0], rl.group_size)
-  lp, ent = policy.completion_logprobs(spec, params, batch["prompt_ids"], batch["prompt_mask"],
-                                       batch["comp_ids"], mask, with_entropy=True, group_size=g)
+  lp, ent = rollout.policy_logprobs(spec, rl.group_size, trainable, frozen, batch)
   old = jax.lax.stop_gradient(lp) if single_update else batch["old_logprobs"]
   loss, m = losses.policy_loss(
       lp, old, batch["advantages"], mask, eps_low=rl.eps_low, eps_high=rl.eps_high,

@@ -34,11 +34,8 @@ def critic_values(critic_cfg, params, batch) -> jax.Array:
 
 def policy_loss_fn(spec, rl, trainable, frozen, batch, rng):
   del rng
-  params = policy.effective_params(spec, trainable, frozen)
   mask = batch["comp_mask"]
-  g = rollout.shareable_group(mask.shape[0], rl.group_size)
-  lp, ent = policy.completion_logprobs(spec, params, batch["prompt_ids"], batch["prompt_mask"],
-                                       batch["comp_ids"], mask, with_entropy=True, group_size=g)
+  lp, ent = rollout.policy_logprobs(spec, rl.group_size, trainable, frozen, batch)
   loss, m = losses.policy_loss(
       lp, batch["old_logprobs"], batch["advantages"], mask, eps_low=rl.eps_low,
       eps_high=rl.eps_high, dual_clip=rl.dual_clip or None, ratio_level=rl.ratio_level,

@@ -92,6 +92,15 @@ def shareable_group(rows: int, group_size: int) -> int:
   return group_size if rows % group_size == 0 else 1
 
 
+def policy_logprobs(spec, group_size: int, trainable, frozen, batch):
+  """(log-probs [R, N], entropy [R, N]) of the batch's completions under the current policy."""
+  params = policy.effective_params(spec, trainable, frozen)
+  g = shareable_group(batch["comp_mask"].shape[0], group_size)
+  return policy.completion_logprobs(spec, params, batch["prompt_ids"], batch["prompt_mask"],
+                                    batch["comp_ids"], batch["comp_mask"], with_entropy=True,
+                                    group_size=g)
+
+
 def ref_logprobs(spec, group_size: int, frozen_ref, batch) -> jax.Array:
   """Reference-policy log-probs [R, N] (no gradient)."""
   g = shareable_group(batch["prompt_ids"].shape[0], group_size)
