@@ -91,7 +91,7 @@ def build_critic(config, inputs, policy_dir: str):
     if card["backbone"] == "encoder":
       raise config_lib.ConfigError("a per-token critic needs a causal-LM reward model; set "
                                    "reward_model.backbone='policy:N' or rl.critic_init='policy:N'")
-    cfg, _, _ = reward_model.RewardModel._shapes_only(card, config.model)
+    cfg, _ = reward_model.card_backbone(card, config.model)
     return cfg, params
   cfg, backbone, _ = reward_model.build_backbone(init, policy_dir, config.model, config.seed)
   return cfg, {"backbone": backbone,

@@ -127,36 +127,42 @@ def pairwise_accuracy(scorer, params, tok, pairs, batch_size, mesh) -> float | N
   return float(np.mean(wins))
 
 
+def card_backbone(card: dict, model_config):
+  """(backbone config, tokenizer) a saved reward model was trained with; loads no weights."""
+  if card["backbone"] == "encoder":
+    encoder = TextEncoder.packaged_minilm()
+    return encoder.cfg, encoder
+  n = int(card["backbone"].split(":")[1])
+  if card["policy_dir"] == "tiny":
+    cfg, _, tok = policy.load(model_config, "tiny")
+  else:
+    cfg = hf.config_from_hf(hf.read_hf_config(card["policy_dir"]))
+    tok = Tokenizer.from_dir(card["policy_dir"])
+  return dataclasses.replace(cfg, num_layers=n), tok
+
+
 class RewardModel:
   """A trained reward model loaded from its directory: `score(prompts, responses) -> [B]`."""
 
   def __init__(self, directory: str | pathlib.Path, model_config, batch_size: int = 32):
     params, card = artifacts.load_pytree(directory)
-    cfg, _, tok = build_backbone(card["backbone"], card["policy_dir"], model_config, 0) \
-        if card["backbone"] == "encoder" else self._shapes_only(card, model_config)
+    cfg, self.tok = card_backbone(card, model_config)
     self.scorer = Scorer(cfg, card["pooling"], card["max_prompt_len"], card["max_response_len"])
     self.params = jax.tree.map(jnp.asarray, params)
-    self.tok, self.batch_size = tok, batch_size
+    self.batch_size = batch_size
     self._score = jax.jit(functools.partial(heads.sequence_scores, cfg=cfg,
                                             pooling=card["pooling"]))
 
-  @staticmethod
-  def _shapes_only(card, model_config):
-    n = int(card["backbone"].split(":")[1])
-    if card["policy_dir"] == "tiny":
-      cfg, _, tok = policy.load(model_config, "tiny")
-    else:
-      cfg = hf.config_from_hf(hf.read_hf_config(card["policy_dir"]))
-      tok = Tokenizer.from_dir(card["policy_dir"])
-    return dataclasses.replace(cfg, num_layers=n), None, tok
-
   def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    """[B] float32 scores; batches are padded to batch_size so one program serves every call."""
     out = []
     for start in range(0, len(prompts), self.batch_size):
       p = list(prompts[start:start + self.batch_size])
       r = list(responses[start:start + self.batch_size])
+      n = len(p)
+      p, r = p + [p[-1]] * (self.batch_size - n), r + [r[-1]] * (self.batch_size - n)
       ids, mask = self.scorer.tokenize(self.tok, p, r)
-      out.append(np.asarray(self._score(self.params, tokens=ids, mask=mask)))
+      out.append(np.asarray(self._score(self.params, tokens=ids, mask=mask))[:n])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
