@@ -151,3 +151,42 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
         f"resumed at {start}; {len(want.files)} arrays bitwise equal")
   assert [s for s, _ in resumed] == list(range(1, TOTAL + 1))
   assert resumed == uninterrupted
+
+
+def cli(workdir: pathlib.Path) -> list[str]:
+  return [sys.executable, "-m", "jaxprof.train", "--config=configs/girl.py:tiny",
+          f"--workdir={workdir}", "--stages=sft", "--config.sft.optim.total_steps=24",
+          "--config.checkpoint.every=3"]
+
+
+@pytest.mark.slow
+def test_cli_resume_after_sigkill_matches_uninterrupted_export(tmp_path):
+  """The user's view: kill `python -m jaxprof.train` mid-stage, run the same command again."""
+  from safetensors.numpy import load_file
+
+  killed, reference = tmp_path / "killed", tmp_path / "reference"
+  proc = subprocess.Popen(cli(killed), env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 300
+    while not checkpoint_steps(killed) or checkpoint_steps(killed)[-1] < 6:
+      assert proc.poll() is None, "the run ended before it could be killed"
+      assert time.time() < deadline, "no checkpoint for step >= 6 in time"
+      time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    if proc.poll() is None:
+      os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+  assert not (killed / "sft" / "DONE.json").exists(), "killed after the stage finished"
+  for workdir in (killed, reference):
+    out = subprocess.run(cli(workdir), env=env(), cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+  got = load_file(killed / "sft" / "export" / "model.safetensors")
+  want = load_file(reference / "sft" / "export" / "model.safetensors")
+  assert sorted(got) == sorted(want)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  steps = [s for s, _ in metric_steps_and_losses(killed)]
+  assert steps == list(range(1, 25))
