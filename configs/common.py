@@ -158,6 +158,7 @@ def reward_model_config(steps: int = 200, batch_size: int = 8, lr: float = 5e-5,
   "encoder": the packaged MiniLM."""
   return ml_collections.ConfigDict(dict(
       backbone=backbone, pooling="last", batch_size=batch_size, margin=0.0, center_coef=0.01,
+      head_init_scale=0.0,  # scores start at 0: no saturated pairs at step 0
       max_prompt_len=256, max_response_len=192,
       optim=optim_config(lr=lr, warmup=max(steps // 10, 1), total_steps=steps,
                          weight_decay=0.01)))

@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # lengths); on accelerators raise steps, batch sizes and lengths from the command line.
   config.sft = common.sft_config(steps=16, batch_size=4, lr=5e-5, max_prompt_len=224,
                                  max_target_len=128)
-  config.reward_model = common.reward_model_config(steps=16, batch_size=4, lr=2e-5,
+  config.reward_model = common.reward_model_config(steps=16, batch_size=4, lr=1e-4,
                                                    backbone="policy:6")
   config.reward_model.max_prompt_len = 224
   config.reward_model.max_response_len = 128

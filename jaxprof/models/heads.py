@@ -19,10 +19,15 @@ BackboneConfig = causal_lm.LMConfig | BertConfig
 POOLINGS = ("last", "mean")
 
 
-def init_head(key: jax.Array, hidden_size: int, dtype=jnp.float32) -> dict:
-  """A linear map D -> 1 with a small random kernel and zero bias."""
-  kernel = jax.random.normal(key, (hidden_size,), dtype) / jnp.sqrt(hidden_size).astype(dtype)
-  return {"kernel": kernel, "bias": jnp.zeros((), dtype)}
+def init_head(key: jax.Array, hidden_size: int, dtype=jnp.float32, scale: float = 1.0) -> dict:
+  """A linear map D -> 1: kernel ~ N(0, scale^2 / D), zero bias.
+
+  scale=0 starts every score at 0 (a reward model then begins unbiased instead of with large
+  random scores from a backbone whose final hidden states are big, which saturates the pairwise
+  loss on half the pairs).
+  """
+  kernel = scale * jax.random.normal(key, (hidden_size,), dtype) / jnp.sqrt(hidden_size)
+  return {"kernel": kernel.astype(dtype), "bias": jnp.zeros((), dtype)}
 
 
 def head_axes() -> dict:

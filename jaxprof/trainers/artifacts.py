@@ -27,7 +27,7 @@ def save_pytree(directory: str | os.PathLike, tree: Any, card: dict) -> pathlib.
   save_file(flat, tmp)
   os.replace(tmp, directory / "params.safetensors")
   stages.atomic_write_text(directory / "card.json", json.dumps(card, indent=2))
-  return directory
+  return directory.resolve()
 
 
 def load_pytree(directory: str | os.PathLike) -> tuple[dict, dict]:

@@ -132,7 +132,7 @@ def export(spec: PolicySpec, trainable: Any, frozen: Any, tokenizer: Tokenizer,
   params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
   out = hf.save_hf(params, spec.cfg, out_dir, tokenizer_dir=tokenizer.path)
   logging.info("exported policy to %s", out)
-  return out
+  return out.resolve()  # recorded in DONE.json: must not depend on the working directory
 
 
 def pad_to(x: np.ndarray, width: int, left: bool, value: int = 0) -> np.ndarray:

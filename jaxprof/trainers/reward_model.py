@@ -85,7 +85,8 @@ def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
   cfg, backbone, tok = build_backbone(rm.backbone, policy_dir, config.model, config.seed)
   scorer = Scorer(cfg, rm.pooling, rm.max_prompt_len, rm.max_response_len)
   params = {"backbone": backbone,
-            "head": heads.init_head(jax.random.key(config.seed + 2), cfg.hidden_size)}
+            "head": heads.init_head(jax.random.key(config.seed + 2), cfg.hidden_size,
+                                    scale=rm.head_init_scale)}
   tx = common.make_optimizer(rm.optim)
   state, shardings = common.create_state(params, heads.scored_model_axes(cfg), tx, mesh,
                                          config.mesh.rules)
