@@ -19,9 +19,12 @@ from jaxprof.trainers import policy, rollout
 SPLITS = ("rec_train", "rec_val", "rec_test", "cold_start_test")
 
 
-def generate_jds(config, task, model_dir: str, rows, samples: int) -> list[list[str]]:
-  """`samples` generated JDs per row (sampled at temperature 1 when samples > 1)."""
-  cfg, params, tok = policy.load(config.model, model_dir, config.seed)
+def generate_jds(config, task, model, rows, samples: int) -> list[list[str]]:
+  """`samples` generated JDs per row (sampled at temperature 1 when samples > 1).
+
+  model: (cfg, params, tokenizer) from `policy.load`.
+  """
+  cfg, params, tok = model
   spec = policy.PolicySpec(cfg=cfg)
   rl = config.rl.copy_and_resolve_references()
   rl.group_size, rl.temperature = samples, (1.0 if samples > 1 else 0.0)
@@ -65,9 +68,9 @@ def run(config, task, policy_dirs: dict[str, str]) -> dict[str, dict[str, float]
                                      for k, v in _scores(params, base[s]).items()}
   for name, model_dir in policy_dirs.items():
     logging.info("enhanced rec: generating JDs with the %s policy", name)
-    data = {}
+    data, model = {}, policy.load(config.model, model_dir, config.seed)
     for s, rs in rows.items():
-      jds = generate_jds(config, task, model_dir, rs, config.eval.enhanced_rec_samples)
+      jds = generate_jds(config, task, model, rs, config.eval.enhanced_rec_samples)
       emb = encoder.embed([t for group in jds for t in group]).reshape(
           len(rs), config.eval.enhanced_rec_samples, -1)
       data[s] = base[s]._replace(j_gen=emb)
