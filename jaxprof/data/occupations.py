@@ -85,7 +85,8 @@ def read_onet(path: pathlib.Path) -> tuple[list[str], list[str], list[str]]:
         continue
       if not line.strip():
         continue
-      if len(fields) != 3 or not _CODE.match(fields[0]) or not fields[1].strip():
+      if (len(fields) != 3 or not _CODE.match(fields[0]) or not fields[1].strip()
+          or not fields[2].strip()):  # an occupation without text cannot make a posting
         raise ValueError(f"{path}:{line_no}: expected 'NN-NNNN.NN<TAB>title<TAB>description', "
                          f"got {line.rstrip()[:120]!r}")
       codes.append(fields[0])

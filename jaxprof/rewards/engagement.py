@@ -228,6 +228,10 @@ def _engagement_inputs(model: EngagementModel, batch: RewardBatch, postings_colu
                         f"(got {len(p) if not isinstance(p, str) else 'a str'} and {len(a)})")
     if any(not isinstance(t, str) for t in p):
       raise ColumnError(f"{name}: column {postings_column!r} row {r}: postings must be str")
+    empty = [j for j, t in enumerate(p) if not t.strip()]
+    if empty:
+      raise ColumnError(f"{name}: column {postings_column!r} row {r}: posting {empty[0]} has no "
+                        "text")
     if any(not isinstance(x, int | np.integer) or x not in (APPLY, CLICK, SKIP) for x in a):
       raise ColumnError(f"{name}: column {actions_column!r} row {r}: actions {list(a)} must be "
                         "0 (apply), 1 (click) or 2 (skip)")

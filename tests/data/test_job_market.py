@@ -78,3 +78,19 @@ def test_text_oracle(market, splits):
   if target is not None:
     assert market.oracle.score_text(seeker, target.jd) > unrelated
   assert 0.0 < unrelated < 1.0
+
+
+def test_occupation_without_description_names_the_line(tmp_path):
+  import pytest
+
+  from jaxprof import assets
+  from jaxprof.data import occupations
+
+  source = assets.asset_path(assets.ONET, "src_data/Occupation Data.txt")
+  lines = source.read_text(encoding="utf-8", errors="replace").splitlines()
+  code, title, _ = lines[5].split("\t")
+  lines[5] = f"{code}\t{title}\t"
+  broken = tmp_path / "Occupation Data.txt"
+  broken.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  with pytest.raises(ValueError, match=r"Occupation Data.txt:6:"):
+    occupations.read_onet(broken)

@@ -211,3 +211,19 @@ def test_minilm_engagement_model_and_rewards():
   kl = engagement_listwise(model, metric="kl")(batch)
   ndcg = engagement_listwise(model, metric="ndcg")(batch)
   assert point[0] > point[1] and kl[0] > kl[1] and ndcg[0] > ndcg[1]
+
+
+def test_posting_without_text_is_named():
+  import numpy as np
+  import pytest
+
+  from jaxprof.rewards import engagement
+  from jaxprof.rewards.base import ColumnError, RewardBatch
+
+  reward = engagement.engagement_pointwise(model=None)
+  batch = RewardBatch(prompts=["p"], completions=["a member"],
+                      completion_ids=np.zeros((1, 2), np.int32),
+                      completion_mask=np.ones((1, 2), bool),
+                      columns={"future_jds": [["a job", "  "]], "future_actions": [[0, 2]]})
+  with pytest.raises(ColumnError, match="row 0: posting 1 has no text"):
+    reward(batch)
