@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       length=common.reward("length_penalty", 0.1, target_tokens=80, scale=1.0))
   if arg.tiny:
     common.shrink_for_tests(config)
-    config.eval.enhanced_rec_rows = 8
+    config.eval.enhanced_rec_rows = 16
     config.data.sizes.update(dict(num_seekers=40, num_cold_seekers=10, num_postings=60, sft=16,
                                   reward_model=16, rl=8, rec_train=16, rec_val=16, rec_test=16,
                                   cold_start_test=16, candidates=4))
