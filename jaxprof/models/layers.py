@@ -164,16 +164,13 @@ def default_positions(mask: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def visibility(mask: jax.Array, key_mask: jax.Array, query_slots: jax.Array,
-               key_slots: jax.Array) -> jax.Array:
+def visibility(key_mask: jax.Array, query_slots: jax.Array, key_slots: jax.Array) -> jax.Array:
   """[B, T, S] bool: causal over slots and restricted to real keys.
 
   Args:
-    mask: [B, T] bool, real query tokens (unused except for shape; padding queries see real keys).
-    key_mask: [B, S] bool, real keys.
+    key_mask: [B, S] bool, real keys (padding queries still see real keys: no NaN rows).
     query_slots: [T] int32 slot of each query; key_slots: [S] int32 slot of each key.
   """
-  del mask
   causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
   return causal[None, :, :] & key_mask[:, None, :]
 
@@ -211,10 +208,10 @@ def attention_inputs(mask: jax.Array, positions: jax.Array | None, cache):
       positions = positions + jnp.sum(cache.mask, axis=-1, keepdims=True) * mask
   if cache is None:
     slots = jnp.arange(t)
-    return positions, visibility(mask, mask, slots, slots), None, None
+    return positions, visibility(mask, slots, slots), None, None
   index = cache.index
   key_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, mask, index, axis=1)
-  visible = visibility(mask, key_mask, index + jnp.arange(t), jnp.arange(cache.max_len))
+  visible = visibility(key_mask, index + jnp.arange(t), jnp.arange(cache.max_len))
   return positions, visible, index, key_mask
 
 

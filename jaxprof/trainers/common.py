@@ -51,17 +51,13 @@ def make_optimizer(optim) -> optax.GradientTransformation:
   return optax.chain(*chain)
 
 
-def shardings_for(tree_axes: Any, abstract: Any, mesh: Mesh, rules) -> Any:
-  return parallel.param_shardings(tree_axes, abstract, mesh, rules)
-
-
 def create_state(params: Any, axes: Any, tx: optax.GradientTransformation, mesh: Mesh,
                  rules) -> tuple[TrainState, Any]:
   """Shards params by their logical axes, initialises the optimizer on the mesh.
 
   Returns the state and its shardings (to pass as the jitted step's in/out shardings).
   """
-  param_sh = shardings_for(axes, params, mesh, rules)
+  param_sh = parallel.param_shardings(axes, params, mesh, rules)
   # A private copy: the state is donated to the step, and callers may still hold `params` (a
   # reference policy, a critic sharing the embeddings). device_put alone may alias replicated
   # buffers, so copy first.

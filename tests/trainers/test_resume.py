@@ -105,6 +105,21 @@ def past_a_checkpoint(workdir: pathlib.Path) -> bool:
     return False
 
 
+def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float) -> None:
+  """SIGKILL `proc` as soon as `ready()` holds; fails if it ends first or `timeout` passes."""
+  try:
+    deadline = time.time() + timeout
+    while not ready():
+      assert proc.poll() is None, "the run ended before it could be killed"
+      assert time.time() < deadline, f"no {what} in time"
+      time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    if proc.poll() is None:
+      os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   script = tmp_path / "train_toy.py"
@@ -115,17 +130,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   # holds a later step (which the resumed run must drop and redo, not write twice).
   proc = subprocess.Popen(command(script, killed, pause=0.3), env=env(), cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-  try:
-    deadline = time.time() + 240
-    while not past_a_checkpoint(killed):
-      assert proc.poll() is None, "the run ended before it could be killed"
-      assert time.time() < deadline, "no checkpoint for step >= 4 in time"
-      time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-  finally:
-    if proc.poll() is None:
-      os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+  kill_when(proc, lambda: past_a_checkpoint(killed), "checkpoint for step >= 4", 240)
   assert proc.returncode == -signal.SIGKILL
   killed_at = max(checkpoint_steps(killed))
   assert 4 <= killed_at < TOTAL and not (killed / "final.npz").exists()
@@ -167,17 +172,8 @@ def test_cli_resume_after_sigkill_matches_uninterrupted_export(tmp_path):
   killed, reference = tmp_path / "killed", tmp_path / "reference"
   proc = subprocess.Popen(cli(killed), env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  try:
-    deadline = time.time() + 300
-    while not checkpoint_steps(killed) or checkpoint_steps(killed)[-1] < 6:
-      assert proc.poll() is None, "the run ended before it could be killed"
-      assert time.time() < deadline, "no checkpoint for step >= 6 in time"
-      time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-  finally:
-    if proc.poll() is None:
-      os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+  kill_when(proc, lambda: bool(checkpoint_steps(killed)) and checkpoint_steps(killed)[-1] >= 6,
+            "checkpoint for step >= 6", 300)
   assert not (killed / "sft" / "DONE.json").exists(), "killed after the stage finished"
   for workdir in (killed, reference):
     out = subprocess.run(cli(workdir), env=env(), cwd=ROOT, capture_output=True, text=True,
