@@ -1,8 +1,9 @@
 """Jitted sampling: one prefill over the prompts, then a `lax.while_loop` decoding into a KV cache.
 
-Prompts are left-padded so they all end at the same cache slot. With `num_samples=G`, each prompt is
-prefilled once and its cache shared by the G completions of its group (row order: prompt-major,
-row b * G + g). Nothing returns to the host until the whole batch is done.
+Prompts are left-padded so they all end together. With `num_samples=G`, each prompt is prefilled
+once and its keys and values are kept once, as a `Prefix` that the G completions of its group
+attend to (row order: prompt-major, row b * G + g); the KV cache holds only the completions' own
+slots. Nothing returns to the host until the whole batch is done.
 """
 
 from __future__ import annotations
@@ -96,14 +97,15 @@ def sample(params: dict, cfg: causal_lm.LMConfig, prompt_tokens: jax.Array, prom
   Returns:
     Completions with [B * num_samples, max_new_tokens] arrays.
   """
-  b, p = prompt_tokens.shape
-  rows = b * num_samples
+  rows = prompt_tokens.shape[0] * num_samples
   cache_dtype = cache_dtype or jax.tree.leaves(params)[0].dtype
-  cache = causal_lm.init_cache(cfg, b, p + max_new_tokens, cache_dtype)
-  hidden, cache = causal_lm.forward(params, cfg, prompt_tokens, prompt_mask, cache=cache)
+  # The prompts' keys and values are computed once and kept once (a Prefix shared by each
+  # group); the cache holds only the completions' own slots.
+  hidden, prefix = causal_lm.forward(params, cfg, prompt_tokens, prompt_mask)
+  prefix = prefix.replace(k=prefix.k.astype(cache_dtype), v=prefix.v.astype(cache_dtype))
+  cache = causal_lm.init_cache(cfg, rows, max_new_tokens, cache_dtype)
   last_logits = causal_lm.logits(params, cfg, hidden[:, -1])
   if num_samples > 1:
-    cache = cache.repeat(num_samples)
     last_logits = jnp.repeat(last_logits, num_samples, axis=0)
   eos = jnp.asarray(eos_ids, jnp.int32)
 
@@ -116,7 +118,7 @@ def sample(params: dict, cfg: causal_lm.LMConfig, prompt_tokens: jax.Array, prom
     live = ~s.done
     token = jnp.where(live, token, pad_id)
     hidden, cache = causal_lm.forward(params, cfg, token[:, None], jnp.ones((rows, 1), bool),
-                                      cache=s.cache)
+                                      cache=s.cache, prefix=prefix)
     return _LoopState(
         step=s.step + 1, done=s.done | jnp.isin(token, eos),
         last_logits=causal_lm.logits(params, cfg, hidden[:, 0]),

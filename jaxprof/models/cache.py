@@ -33,7 +33,22 @@ class KVCache:
   def max_len(self) -> int:
     return self.k.shape[3]
 
-  def repeat(self, times: int) -> KVCache:
-    """Each row repeated `times` times (row-major): shares one prompt's cache across a group."""
-    rep = lambda x, axis: jnp.repeat(x, times, axis=axis)
-    return self.replace(k=rep(self.k, 1), v=rep(self.v, 1), mask=rep(self.mask, 0))
+
+
+@struct.dataclass
+class Prefix:
+  """Keys and values of Bp prompts that continuations attend to, shared, never repeated.
+
+  k, v: [L, Bp, K, P, H]; mask: [Bp, P] bool, real tokens (left padding is False). A batch of B
+  continuations is B / Bp consecutive rows per prompt (a group of completions). What a forward
+  without a cache returns as its second output: the tokens' own keys and values.
+  """
+
+  k: jax.Array
+  v: jax.Array
+  mask: jax.Array
+
+  @property
+  def lengths(self) -> jax.Array:
+    """[Bp] int32 real tokens per prompt."""
+    return jnp.sum(self.mask, axis=-1, dtype=jnp.int32)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprof.models import gpt2, layers, llama
-from jaxprof.models.cache import KVCache
+from jaxprof.models.cache import KVCache, Prefix
 from jaxprof.models.gpt2 import GPT2Config
 from jaxprof.models.llama import LlamaConfig
 
@@ -49,10 +49,13 @@ def init_cache(cfg: LMConfig, batch: int, max_len: int, dtype=jnp.float32) -> KV
 
 def forward(params: dict, cfg: LMConfig, tokens: jax.Array, mask: jax.Array,
             positions: jax.Array | None = None, cache: KVCache | None = None,
-            remat: bool = False) -> tuple[jax.Array, KVCache | None]:
-  """Hidden states [B, T, D] of tokens [B, T] (mask [B, T] bool), and the updated cache."""
+            remat: bool = False, prefix: Prefix | None = None
+            ) -> tuple[jax.Array, KVCache | Prefix]:
+  """Hidden states [B, T, D] of tokens [B, T] (mask [B, T] bool), and the updated cache (or,
+  without a cache, the tokens' keys and values as a Prefix). With `prefix` (Bp prompts, B / Bp
+  rows each) the tokens continue their prompt: see `llama.forward`."""
   return family(cfg).forward(params, cfg, tokens, mask, positions=positions, cache=cache,
-                             remat=remat)
+                             remat=remat, prefix=prefix)
 
 
 def unembedding(params: dict, cfg: LMConfig) -> jax.Array:

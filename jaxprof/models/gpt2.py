@@ -7,12 +7,13 @@ and scanned. Shapes: B batch, T query length, S cache slots, D width, N heads, H
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from jaxprof.models import layers
-from jaxprof.models.cache import KVCache
+from jaxprof.models.cache import KVCache, Prefix
 from jaxprof.models.layers import ParamSpec
 
 
@@ -74,33 +75,38 @@ def init_cache(cfg: GPT2Config, batch: int, max_len: int, dtype=jnp.float32) -> 
   return KVCache.zeros(cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim, dtype)
 
 
-def _block(cfg: GPT2Config, x, p, visible, kv, index):
+def _block(cfg: GPT2Config, x, p, attention):
+  """One GPT-2 layer on x [B, T, D]; matmuls on the flattened tokens (see llama._block)."""
+  b, t, d = x.shape
+  x = x.reshape(b * t, d)
   h = layers.layer_norm(x, p["ln1"]["scale"], p["ln1"]["bias"], cfg.layer_norm_eps)
-  q = jnp.einsum("BTD,DNH->BTNH", h, p["q"]) + p["q_bias"]
-  k = jnp.einsum("BTD,DNH->BTNH", h, p["k"]) + p["k_bias"]
-  v = jnp.einsum("BTD,DNH->BTNH", h, p["v"]) + p["v_bias"]
-  k, v = layers.heads_first(k), layers.heads_first(v)
-  if kv is not None:
-    kv, k, v = layers.write_kv(kv, k, v, index)
-  attn = layers.attend(q, k, v, visible)
-  x = x + jnp.einsum("BTNH,NHD->BTD", attn, p["o"]) + p["o_bias"]
+  q = jnp.einsum("MD,DNH->MNH", h, p["q"]) + p["q_bias"]
+  k = jnp.einsum("MD,DNH->MNH", h, p["k"]) + p["k_bias"]
+  v = jnp.einsum("MD,DNH->MNH", h, p["v"]) + p["v_bias"]
+  q = q.reshape(b, t, *q.shape[1:])
+  k = layers.heads_first(k.reshape(b, t, *k.shape[1:]))
+  v = layers.heads_first(v.reshape(b, t, *v.shape[1:]))
+  attn, kv = attention(q, k, v)
+  x = x + jnp.einsum("MNH,NHD->MD", attn.reshape(b * t, *attn.shape[2:]), p["o"]) + p["o_bias"]
   h = layers.layer_norm(x, p["ln2"]["scale"], p["ln2"]["bias"], cfg.layer_norm_eps)
-  h = jax.nn.gelu(jnp.einsum("BTD,DF->BTF", h, p["fc"]) + p["fc_bias"], approximate=True)
-  x = x + jnp.einsum("BTF,FD->BTD", h, p["proj"]) + p["proj_bias"]
-  return x, kv
+  h = jax.nn.gelu(jnp.einsum("MD,DF->MF", h, p["fc"]) + p["fc_bias"], approximate=True)
+  x = x + jnp.einsum("MF,FD->MD", h, p["proj"]) + p["proj_bias"]
+  return x.reshape(b, t, d), kv
 
 
 def forward(params: dict, cfg: GPT2Config, tokens: jax.Array, mask: jax.Array,
             positions: jax.Array | None = None, cache: KVCache | None = None,
-            remat: bool = False) -> tuple[jax.Array, KVCache | None]:
-  """Runs GPT-2. Same contract as `llama.forward`: hidden [B, T, D] (after ln_f) and the cache."""
-  positions, visible, index, key_mask = layers.attention_inputs(mask, positions, cache)
-  x = params["embed"][tokens] + params["pos_embed"][positions]
-  block = lambda x, p, kv: _block(cfg, x, p, visible, kv, index)
-  x, cache = layers.scan_layers(block, x, params["layers"], cache, key_mask, remat)
+            remat: bool = False, prefix: Prefix | None = None
+            ) -> tuple[jax.Array, KVCache | Prefix]:
+  """Runs GPT-2. Same contract as `llama.forward`: hidden [B, T, D] (after ln_f) and the updated
+  cache, or the tokens' own keys and values as a Prefix."""
+  ctx = layers.attention_inputs(mask, positions, cache, prefix)
+  x = params["embed"][tokens] + params["pos_embed"][ctx.positions]
+  block = functools.partial(_block, cfg)
+  x, kv = layers.scan_layers(block, x, params["layers"], ctx, cache, prefix, remat)
   x = layers.layer_norm(x, params["final_norm"]["scale"], params["final_norm"]["bias"],
                         cfg.layer_norm_eps)
-  return x, cache
+  return x, kv if cache is not None else Prefix(k=kv[0], v=kv[1], mask=mask)
 
 
 def unembedding(params: dict, cfg: GPT2Config) -> jax.Array:

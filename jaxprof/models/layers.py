@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -132,25 +133,43 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 # ---------------------------------------------------------------------------------------------
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
-  """Grouped-query softmax attention.
+_FLOOR = float(jnp.finfo(jnp.float32).min)  # masked scores: finite, so no row is ever all-NaN
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array,
+           prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None) -> jax.Array:
+  """Grouped-query softmax attention, optionally over a shared prefix as well.
 
   Args:
     q: [B, T, N, H] queries (N = K * G query heads).
     k, v: [B, K, S, H] keys and values (the KV cache's own layout, so nothing is transposed).
     visible: [B, T, S] bool, which key each query may attend to.
+    prefix: (pk, pv [Bp, K, P, H], pmask [Bp, P] bool): keys and values of Bp prompts, each shared
+      by B / Bp consecutive rows (a group of completions). Every query sees its prompt's real keys.
+      The prompt is never repeated: the group's queries meet it in one matmul per (prompt, head).
   Returns:
     [B, T, N, H].
   """
   b, t, n, h = q.shape
   kv_heads = k.shape[1]
   q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-  scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k, preferred_element_type=jnp.float32)
-  scores = scores / math.sqrt(h)
-  # A finite floor (not -inf) keeps fully masked rows (left padding) free of NaN.
-  scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
+  scale = 1.0 / math.sqrt(h)
+  scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k, preferred_element_type=jnp.float32) * scale
+  scores = jnp.where(visible[:, None, None, :, :], scores, _FLOOR)
+  if prefix is None:
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
+    return out.reshape(b, t, n, h)
+  pk, pv, pmask = prefix
+  bp, p = pk.shape[0], pk.shape[2]
+  qp = q.reshape(bp, b // bp, t, kv_heads, n // kv_heads, h)
+  pscores = jnp.einsum("BRTKGH,BKPH->BRKGTP", qp, pk, preferred_element_type=jnp.float32) * scale
+  pscores = jnp.where(pmask[:, None, None, None, None, :], pscores, _FLOOR)
+  pscores = pscores.reshape(b, kv_heads, n // kv_heads, t, p)
+  probs = jax.nn.softmax(jnp.concatenate([pscores, scores], axis=-1), axis=-1).astype(v.dtype)
+  pprobs = probs[..., :p].reshape(bp, b // bp, kv_heads, n // kv_heads, t, p)
+  out = jnp.einsum("BRKGTP,BKPH->BRTKGH", pprobs, pv).reshape(b, t, kv_heads, n // kv_heads, h)
+  out = out + jnp.einsum("BKGTS,BKSH->BTKGH", probs[..., p:], v)
   return out.reshape(b, t, n, h)
 
 
@@ -175,68 +194,106 @@ def visibility(key_mask: jax.Array, query_slots: jax.Array, key_slots: jax.Array
   return causal[None, :, :] & key_mask[:, None, :]
 
 
-def write_kv(kv: tuple, k: jax.Array, v: jax.Array, index: jax.Array):
-  """Writes this layer's new keys/values into the stacked cache and reads the layer back.
+def write_kv(k_all: jax.Array, v_all: jax.Array, layer: jax.Array, k: jax.Array, v: jax.Array,
+             index: jax.Array):
+  """Writes one layer's new keys/values into the stacked cache and reads the layer back.
 
   Args:
-    kv: (k_all, v_all, layer): the whole cache [L, B, K, S, H] (carried through the layer scan, so
-      XLA updates it in place) and this layer's index.
+    k_all, v_all: the whole cache [L, B, K, S, H] (carried through the layer scan, so XLA updates
+      it in place); layer: this layer's index.
     k, v: [B, K, T, H] new keys/values, written at slots [index, index + T).
   Returns:
-    ((k_all, v_all), k_layer, v_layer) with k_layer/v_layer [B, K, S, H].
+    (k_all, v_all, k_layer, v_layer) with k_layer/v_layer [B, K, S, H].
   """
-  k_all, v_all, layer = kv
   at = (layer, 0, 0, index, 0)
   k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
   v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
-  return (k_all, v_all), k_all[layer], v_all[layer]
+  return k_all, v_all, k_all[layer], v_all[layer]
 
 
-def attention_inputs(mask: jax.Array, positions: jax.Array | None, cache):
-  """What every decoder needs before its layers: positions, visibility and the new key mask.
+class Context(NamedTuple):
+  """What every layer's attention needs, computed once per forward by `attention_inputs`."""
+
+  positions: jax.Array  # [B, T] int32 RoPE / learned positions
+  visible: jax.Array  # [B, T, S] bool over the tokens' own keys (or the cache slots)
+  key_mask: jax.Array | None  # [B, S] the cache's mask after this write (None without cache)
+  index: jax.Array | None  # [] first cache slot written (None without cache)
+  prefix_mask: jax.Array | None  # [Bp, P] real tokens of the shared prefix (None without one)
+
+
+def attention_inputs(mask: jax.Array, positions: jax.Array | None, cache,
+                     prefix=None) -> Context:
+  """Positions, visibility and the new key mask, for tokens that may continue a cache or prefix.
 
   Args:
     mask: [B, T] bool real tokens; positions: [B, T] int32 or None (count real tokens only,
-      continuing after the tokens already in the cache); cache: a KVCache or None.
-  Returns:
-    (positions [B, T], visible [B, T, S], index [] or None, key_mask [B, S] or None).
+      continuing after the prefix's and the cache's real tokens); cache: a KVCache or None;
+    prefix: a `cache.Prefix` of Bp prompts (B / Bp rows each) or None.
   """
-  t = mask.shape[1]
+  b, t = mask.shape
   if positions is None:
     positions = default_positions(mask)
+    if prefix is not None:
+      lengths = jnp.sum(prefix.mask, axis=-1, dtype=jnp.int32)
+      positions = positions + jnp.repeat(lengths, b // prefix.mask.shape[0])[:, None] * mask
     if cache is not None:
       positions = positions + jnp.sum(cache.mask, axis=-1, keepdims=True) * mask
+  prefix_mask = None if prefix is None else prefix.mask
   if cache is None:
     slots = jnp.arange(t)
-    return positions, visibility(mask, slots, slots), None, None
+    return Context(positions, visibility(mask, slots, slots), None, None, prefix_mask)
   index = cache.index
   key_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, mask, index, axis=1)
   visible = visibility(key_mask, index + jnp.arange(t), jnp.arange(cache.max_len))
-  return positions, visible, index, key_mask
+  return Context(positions, visible, key_mask, index, prefix_mask)
 
 
-def scan_layers(block: Callable, x: jax.Array, stacked: dict, cache, key_mask, remat: bool):
-  """Runs `block(x, layer_params, kv) -> (x, kv)` over the stacked layers.
+# block(x [B, T, D], layer params, attention) -> (x, kv), where the block calls
+# attention(q [B, T, N, H], k [B, K, T, H], v [B, K, T, H]) -> (out [B, T, N, H], kv) once.
+Block = Callable[[jax.Array, dict, Callable], tuple[jax.Array, Any]]
 
-  Without a cache kv is None. With one, the whole cache rides in the scan carry and each layer
-  writes only its new slots (`write_kv`): no per-step copy of the cache.
+
+def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=None, prefix=None,
+                remat: bool = False):
+  """Runs `block` over the stacked layers; the block never sees how keys are stored.
+
+  Without a cache each layer's (k, v) is a scan output: returns (x, (k, v) [L, B, K, T, H]), the
+  tokens' own keys and values, ready to serve as a `Prefix` (unused outputs cost nothing: XLA drops
+  them). With a cache the whole cache rides in the scan carry and each layer writes only its new
+  slots (no per-step copy): returns (x, updated cache). With a prefix, its layer slices are scan
+  inputs (read only, never repeated per row) and gradients flow back into them.
   """
+  pk, pv = (None, None) if prefix is None else (prefix.k, prefix.v)
+
+  def shared(k_layer, v_layer):
+    return None if k_layer is None else (k_layer, v_layer, ctx.prefix_mask)
+
   if cache is None:
-    body = lambda x, p: (block(x, p, None)[0], None)
+    def body(x, layer):
+      p, k_layer, v_layer = layer
+
+      def attention(q, k, v):
+        return attend(q, k, v, ctx.visible, shared(k_layer, v_layer)), (k, v)
+      return block(x, p, attention)
+
     if remat:
       body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-    return jax.lax.scan(body, x, stacked)[0], None
+    return jax.lax.scan(body, x, (stacked, pk, pv))
 
-  def body(carry, layer):
+  def cached_body(carry, layer):
     x, k_all, v_all = carry
-    p, i = layer
-    x, (k_all, v_all) = block(x, p, (k_all, v_all, i))
+    p, i, k_layer, v_layer = layer
+
+    def attention(q, k, v):
+      k_new, v_new, k_read, v_read = write_kv(k_all, v_all, i, k, v, ctx.index)
+      return attend(q, k_read, v_read, ctx.visible, shared(k_layer, v_layer)), (k_new, v_new)
+    x, (k_all, v_all) = block(x, p, attention)
     return (x, k_all, v_all), None
 
   if remat:
-    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    cached_body = jax.checkpoint(cached_body, policy=jax.checkpoint_policies.nothing_saveable)
   num_layers = cache.k.shape[0]
-  (x, k_all, v_all), _ = jax.lax.scan(body, (x, cache.k, cache.v),
-                                      (stacked, jnp.arange(num_layers)))
-  cache = cache.replace(k=k_all, v=v_all, mask=key_mask, index=cache.index + x.shape[1])
+  (x, k_all, v_all), _ = jax.lax.scan(cached_body, (x, cache.k, cache.v),
+                                      (stacked, jnp.arange(num_layers), pk, pv))
+  cache = cache.replace(k=k_all, v=v_all, mask=ctx.key_mask, index=cache.index + x.shape[1])
   return x, cache

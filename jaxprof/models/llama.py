@@ -8,12 +8,13 @@ width, N query heads, K kv heads, H head dim, F MLP width, V vocab, L layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from jaxprof.models import layers
-from jaxprof.models.cache import KVCache
+from jaxprof.models.cache import KVCache, Prefix
 from jaxprof.models.layers import ParamSpec, RopeConfig
 
 
@@ -69,49 +70,57 @@ def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=jnp.float32) ->
   return KVCache.zeros(cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim, dtype)
 
 
-def _block(cfg: LlamaConfig, inv_freq: jax.Array, x: jax.Array, p: dict, positions: jax.Array,
-           visible: jax.Array, kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None):
-  """One decoder layer. x: [B, T, D]; p: this layer's params; kv: (cache k, v, layer) or None."""
+def _block(cfg: LlamaConfig, inv_freq: jax.Array, positions: jax.Array, x: jax.Array, p: dict,
+           attention):
+  """One decoder layer. x: [B, T, D]; p: this layer's params; attention: see layers.Block.
+
+  Matmuls run on the flattened tokens [M = B * T, D]: XLA:CPU differentiates 2-D matmuls about
+  1.6x faster than the same einsums over [B, T, D] (each weight gradient contracts one axis).
+  """
+  b, t, d = x.shape
+  x = x.reshape(b * t, d)
   h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-  q = jnp.einsum("BTD,DNH->BTNH", h, p["q"])
-  k = jnp.einsum("BTD,DKH->BTKH", h, p["k"])
-  v = jnp.einsum("BTD,DKH->BTKH", h, p["v"])
+  q = jnp.einsum("MD,DNH->MNH", h, p["q"])
+  k = jnp.einsum("MD,DKH->MKH", h, p["k"])
+  v = jnp.einsum("MD,DKH->MKH", h, p["v"])
   if cfg.qkv_bias:
     q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
-  q = layers.apply_rope(q, positions, inv_freq)
-  k = layers.heads_first(layers.apply_rope(k, positions, inv_freq))
-  v = layers.heads_first(v)
-  if kv is not None:
-    kv, k, v = layers.write_kv(kv, k, v, index)
-  attn = layers.attend(q, k, v, visible)
-  x = x + jnp.einsum("BTNH,NHD->BTD", attn, p["o"])
+  q = layers.apply_rope(q.reshape(b, t, *q.shape[1:]), positions, inv_freq)
+  k = layers.heads_first(layers.apply_rope(k.reshape(b, t, *k.shape[1:]), positions, inv_freq))
+  v = layers.heads_first(v.reshape(b, t, *v.shape[1:]))
+  attn, kv = attention(q, k, v)
+  x = x + jnp.einsum("MNH,NHD->MD", attn.reshape(b * t, *attn.shape[2:]), p["o"])
   h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-  gated = jax.nn.silu(jnp.einsum("BTD,DF->BTF", h, p["gate"])) * jnp.einsum(
-      "BTD,DF->BTF", h, p["up"])
-  x = x + jnp.einsum("BTF,FD->BTD", gated, p["down"])
-  return x, kv
+  gated = jax.nn.silu(jnp.einsum("MD,DF->MF", h, p["gate"])) * jnp.einsum("MD,DF->MF", h, p["up"])
+  x = x + jnp.einsum("MF,FD->MD", gated, p["down"])
+  return x.reshape(b, t, d), kv
 
 
 def forward(params: dict, cfg: LlamaConfig, tokens: jax.Array, mask: jax.Array,
             positions: jax.Array | None = None, cache: KVCache | None = None,
-            remat: bool = False) -> tuple[jax.Array, KVCache | None]:
+            remat: bool = False, prefix: Prefix | None = None
+            ) -> tuple[jax.Array, KVCache | Prefix]:
   """Runs the decoder.
 
   Args:
     tokens: [B, T] int32; mask: [B, T] bool (real tokens).
-    positions: [B, T] int32 RoPE positions; default counts real tokens only (left padding safe).
+    positions: [B, T] int32 RoPE positions; default counts real tokens only (left padding safe),
+      continuing after the prefix's and the cache's real tokens.
     cache: if given, the T tokens are written at slots [cache.index, cache.index + T) and attend to
       every earlier real slot; the updated cache is returned.
+    prefix: keys/values of Bp prompts the B rows continue (B / Bp rows per prompt); every token
+      also attends to its prompt's real tokens.
   Returns:
-    hidden: [B, T, D] after the final norm, and the cache (None if none was given).
+    hidden: [B, T, D] after the final norm, and the updated cache, or without a cache the tokens'
+    own keys and values as a Prefix (what a continuation attends to).
   """
-  positions, visible, index, key_mask = layers.attention_inputs(mask, positions, cache)
+  ctx = layers.attention_inputs(mask, positions, cache, prefix)
   inv_freq = layers.rope_inv_freq(cfg.rope, cfg.head_dim)
-  block = lambda x, p, kv: _block(cfg, inv_freq, x, p, positions, visible, kv, index)
-  x, cache = layers.scan_layers(block, params["embed"][tokens], params["layers"], cache, key_mask,
-                                remat)
+  block = functools.partial(_block, cfg, inv_freq, ctx.positions)
+  x, kv = layers.scan_layers(block, params["embed"][tokens], params["layers"], ctx, cache, prefix,
+                             remat)
   x = layers.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-  return x, cache
+  return x, kv if cache is not None else Prefix(k=kv[0], v=kv[1], mask=mask)
 
 
 def unembedding(params: dict, cfg: LlamaConfig) -> jax.Array:

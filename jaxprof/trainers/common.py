@@ -70,7 +70,11 @@ def create_state(params: Any, axes: Any, tx: optax.GradientTransformation, mesh:
   state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), scalar), params=params,
                      opt_state=opt_state,
                      skipped=jax.device_put(jnp.zeros((), jnp.int32), scalar))
-  return state, jax.tree.map(lambda x: x.sharding, state)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  # Once through a jit with the step's own out_shardings, so the state's types are exactly those
+  # the step returns: otherwise the second update recompiles (device_put counters carry no mesh).
+  state = jax.jit(lambda s: s, out_shardings=shardings, donate_argnums=0)(state)
+  return state, shardings
 
 
 def split_micro(batch: Any, num_micro: int) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxprof import parallel
+from jaxprof import buckets, parallel, perf
 from jaxprof.rl import advantages as adv_lib
 from jaxprof.rl import losses
 from jaxprof.trainers import common, loop, policy, rollout
@@ -44,10 +44,14 @@ def grpo_loss(spec: policy.PolicySpec, rl, single_update: bool, trainable, froze
   return loss * w, w, {f"rl/{k}": v for k, v in m.items()}
 
 
-def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any, frozen: Any,
-        ref_params: Any, axes: Any, prompt_batch: PromptBatchFn, eos_ids: tuple[int, ...],
-        pad_id: int, mesh) -> tuple[Any, dict]:
-  """The GRPO loop over config.rl.total_steps rollouts; returns (final state, last metrics)."""
+def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_params: Any,
+          axes: Any, prompt_batch: PromptBatchFn, eos_ids: tuple[int, ...], pad_id: int, mesh
+          ) -> tuple[common.TrainState, Callable]:
+  """(initial state, one_step(state, step) -> (state, metrics)) of the GRPO loop.
+
+  Metrics include the time of each phase (perf/{rollout,reward,reference,update}_s) and
+  perf/mfu: model FLOPs on real tokens over step time and the measured matmul peak.
+  """
   rl = config.rl
   single = rl.num_iterations == 1 and rl.num_minibatches == 1
   tx = common.make_optimizer(rl.optim)
@@ -56,12 +60,17 @@ def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any
       functools.partial(grpo_loss, spec, rl, single), tx, rl.optim.grad_accum, "rl"), shardings)
   ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rl.group_size))
   key = jax.random.key(config.seed)
+  shapes = buckets.ShapeLog("grpo")
 
   def one_step(state, step):
+    timer = perf.PhaseTimer()
     step_key = jax.random.fold_in(key, step)
     ids, mask, reward_fn = prompt_batch(step)
-    ro = rollout.generate(spec, state.params, frozen, ids, mask, step_key, rl, eos_ids, pad_id)
-    rewards, valid, terms = reward_fn(ro)
+    with timer("rollout"):
+      ro = rollout.generate(spec, state.params, frozen, ids, mask, step_key, rl, eos_ids, pad_id)
+    shapes(prompt=ro.prompt_ids.shape[1], completion=ro.comp_ids.shape[1])
+    with timer("reward"):
+      rewards, valid, terms = reward_fn(ro)
     advantages = adv_lib.group_advantages(
         rewards, valid, group_size=rl.group_size, method=rl.advantage, std_ddof=rl.std_ddof,
         eps=rl.adv_eps, scale=rl.adv_scale or None)
@@ -69,13 +78,29 @@ def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any
              "comp_mask": ro.comp_mask, "old_logprobs": ro.logprobs,
              "advantages": np.asarray(advantages, np.float32)}
     if rl.kl_coef > 0:
-      batch["ref_logprobs"] = np.asarray(ref_fn(ref_params, parallel.shard_batch(batch, mesh)))
+      with timer("reference"):
+        batch["ref_logprobs"] = np.asarray(ref_fn(ref_params, parallel.shard_batch(batch, mesh)))
     rng = np.random.default_rng([config.seed, step])
-    for _ in range(rl.num_iterations):
-      for rows in rollout.minibatches(len(rewards), rl.num_minibatches, rng, rl.group_size):
-        mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
-        state, m = update(state, frozen, mb, step_key)
-    return state, {**m, **rollout.rollout_stats(ro, rewards, valid), **terms}
+    with timer("update"):
+      for _ in range(rl.num_iterations):
+        for rows in rollout.minibatches(len(rewards), rl.num_minibatches, rng, rl.group_size):
+          mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
+          state, m = update(state, frozen, mb, step_key)
+      m = jax.device_get(m)
+    fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, rl.group_size)
+    return state, {**m, **rollout.rollout_stats(ro, rewards, valid), **terms,
+                   **timer.metrics(rollout=fwd, reference=fwd * (rl.kl_coef > 0),
+                                   update=3 * fwd * rl.num_iterations),
+                   "perf/shapes": shapes.count}
 
-  return loop.run(stage_dir, state, one_step, rl.total_steps, config,
-                  show=("reward/mean", "rl/kl", "rollout/length_mean"))
+  return state, one_step
+
+
+def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any, frozen: Any,
+        ref_params: Any, axes: Any, prompt_batch: PromptBatchFn, eos_ids: tuple[int, ...],
+        pad_id: int, mesh) -> tuple[Any, dict]:
+  """The GRPO loop over config.rl.total_steps rollouts; returns (final state, last metrics)."""
+  state, one_step = build(config, spec, trainable, frozen, ref_params, axes, prompt_batch,
+                          eos_ids, pad_id, mesh)
+  return loop.run(stage_dir, state, one_step, config.rl.total_steps, config,
+                  show=("reward/mean", "rl/kl", "rollout/length_mean", "perf/mfu"))

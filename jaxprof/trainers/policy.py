@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxprof import api
+from jaxprof import api, buckets
 from jaxprof.models import causal_lm, hf, lora
 from jaxprof.models.layers import RopeConfig
 from jaxprof.models.llama import LlamaConfig
@@ -99,11 +99,11 @@ def completion_logprobs(spec: PolicySpec, params: dict, prompt_ids: jax.Array,
 
   prompt_ids/mask: [R, P] left-padded; comp_ids/mask: [R, N] right-padded. The last completion
   token is never fed (nothing to predict after it). With group_size=G, rows come in groups of G
-  that share one prompt (rollout order): each prompt runs through the network once, and its KV
-  cache serves the G completions, instead of G identical prompt passes.
+  that share one prompt (rollout order): each prompt runs through the network once, and its keys
+  and values (a Prefix, never repeated) serve the G completions, instead of G identical prompt
+  passes; the completions' gradients flow back into that one prompt pass.
   """
   r, p = prompt_ids.shape
-  n = comp_ids.shape[1]
   if group_size == 1:
     tokens = jnp.concatenate([prompt_ids, comp_ids[:, :-1]], axis=1)
     mask = jnp.concatenate([prompt_mask, comp_mask[:, :-1]], axis=1)
@@ -112,12 +112,10 @@ def completion_logprobs(spec: PolicySpec, params: dict, prompt_ids: jax.Array,
   else:
     if r % group_size:
       raise ValueError(f"{r} rows are not whole groups of {group_size}")
-    cache = causal_lm.init_cache(spec.cfg, r // group_size, p + n - 1,
-                                 jax.tree.leaves(params)[0].dtype)
-    h_prompt, cache = causal_lm.forward(params, spec.cfg, prompt_ids[::group_size],
-                                        prompt_mask[::group_size], cache=cache, remat=spec.remat)
+    h_prompt, prefix = causal_lm.forward(params, spec.cfg, prompt_ids[::group_size],
+                                         prompt_mask[::group_size], remat=spec.remat)
     h_comp, _ = causal_lm.forward(params, spec.cfg, comp_ids[:, :-1], comp_mask[:, :-1],
-                                  cache=cache.repeat(group_size), remat=spec.remat)
+                                  remat=spec.remat, prefix=prefix)
     first = jnp.repeat(h_prompt[:, -1:], group_size, axis=0)  # predicts completion token 0
     hidden = jnp.concatenate([first, h_comp], axis=1)
   return causal_lm.token_logprobs(params, spec.cfg, hidden, comp_ids, spec.chunk_size,
@@ -157,22 +155,31 @@ def plain_text(prompt: str | Sequence[Mapping[str, str]]) -> str:
   return "\n".join(m["content"] for m in prompt if m["role"] != "system")
 
 
-def encode_prompts(tokenizer: Tokenizer, prompts: list[str], width: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-  """Left-padded prompt ids/mask [B, width]; prompts are already chat-formatted strings."""
+def encode_prompts(tokenizer: Tokenizer, prompts: list[str], max_len: int,
+                   bucketed: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded prompt ids/mask [B, W]; prompts are already chat-formatted strings.
+
+  Prompts longer than `max_len` keep their last `max_len` tokens. W is the longest row rounded up
+  to a bucket width (`buckets.width`), or exactly `max_len` with bucketed=False.
+  """
   ids, mask = tokenizer.encode_batch(prompts, padding_side="left", add_special_tokens=False)
-  return pad_to(ids, width, True, tokenizer.pad_id), pad_to(mask, width, True, False)
+  w = buckets.width(int(mask.sum(-1).max(initial=1)), max_len) if bucketed else max_len
+  return pad_to(ids, w, True, tokenizer.pad_id), pad_to(mask, w, True, False)
 
 
-def encode_targets(tokenizer: Tokenizer, targets: list[str], width: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded target ids/mask [B, width], each ending with EOS (truncated targets do not)."""
+def encode_targets(tokenizer: Tokenizer, targets: list[str], max_len: int,
+                   bucketed: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded target ids/mask [B, W], each ending with EOS (truncated targets do not).
+
+  W is the longest row (at most `max_len`) rounded up to a bucket width, or `max_len` with
+  bucketed=False.
+  """
   eos = tokenizer.eos_ids[0]
-  rows = [tokenizer.encode(t, add_special_tokens=False) + [eos] for t in targets]
-  ids = np.full((len(rows), width), tokenizer.pad_id, np.int32)
-  mask = np.zeros((len(rows), width), bool)
+  rows = [(tokenizer.encode(t, add_special_tokens=False) + [eos])[:max_len] for t in targets]
+  w = buckets.width(max((len(r) for r in rows), default=1), max_len) if bucketed else max_len
+  ids = np.full((len(rows), w), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(rows), w), bool)
   for i, r in enumerate(rows):
-    r = r[:width]
     ids[i, :len(r)] = r
     mask[i, :len(r)] = True
   return ids, mask

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprof import parallel
+from jaxprof import buckets, parallel, perf
 from jaxprof.models import heads
 from jaxprof.rl import advantages as adv_lib
 from jaxprof.rl import kl_control, losses
@@ -57,11 +58,14 @@ def critic_loss_fn(critic_cfg, rl, params, frozen, batch, rng):
   return loss * w, w, {f"critic/{k}": v for k, v in m.items()}
 
 
-def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any, frozen: Any,
-        ref_params: Any, axes: Any, critic_cfg, critic_params: dict,
-        prompt_batch: PromptBatchFn, eos_ids: tuple[int, ...], pad_id: int, mesh
-        ) -> tuple[Any, dict]:
-  """The PPO loop; the state is {"policy", "critic", "kl_coef"} (all checkpointed)."""
+def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_params: Any,
+          axes: Any, critic_cfg, critic_params: dict, prompt_batch: PromptBatchFn,
+          eos_ids: tuple[int, ...], pad_id: int, mesh) -> tuple[dict, Callable]:
+  """(initial state, one_step(state, step) -> (state, metrics)) of the PPO loop.
+
+  The state is {"policy", "critic", "kl_coef"} (all checkpointed). Metrics include the time of
+  each phase (perf/{rollout,reward,reference,update}_s) and perf/mfu.
+  """
   rl = config.rl
   tx = common.make_optimizer(rl.optim)
   critic_optim = rl.optim.copy_and_resolve_references()
@@ -80,19 +84,25 @@ def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any
   ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rl.group_size))
   values_fn = jax.jit(functools.partial(critic_values, critic_cfg))
   key = jax.random.key(config.seed)
+  shapes = buckets.ShapeLog("ppo")
 
   def one_step(state, step):
+    timer = perf.PhaseTimer()
     step_key = jax.random.fold_in(key, step)
     ids, mask, reward_fn = prompt_batch(step)
-    ro = rollout.generate(spec, state["policy"].params, frozen, ids, mask, step_key, rl, eos_ids,
-                          pad_id)
-    scores, valid, terms = reward_fn(ro)
+    with timer("rollout"):
+      ro = rollout.generate(spec, state["policy"].params, frozen, ids, mask, step_key, rl,
+                            eos_ids, pad_id)
+    shapes(prompt=ro.prompt_ids.shape[1], completion=ro.comp_ids.shape[1])
+    with timer("reward"):
+      scores, valid, terms = reward_fn(ro)
     scores = np.where(valid, scores, 0.0).astype(np.float32)  # a None score counts as 0
     batch = {"prompt_ids": ro.prompt_ids, "prompt_mask": ro.prompt_mask, "comp_ids": ro.comp_ids,
              "comp_mask": ro.comp_mask, "old_logprobs": ro.logprobs}
     sharded = parallel.shard_batch(batch, mesh)
-    ref_lp = ref_fn(ref_params, sharded)
-    old_values = values_fn(state["critic"].params, sharded)
+    with timer("reference"):  # reference log-probs and the critic's values
+      ref_lp = jax.block_until_ready(ref_fn(ref_params, sharded))
+      old_values = jax.block_until_ready(values_fn(state["critic"].params, sharded))
     kl = losses.kl_penalty(jnp.asarray(ro.logprobs), ref_lp, jnp.asarray(ro.comp_mask),
                            kind=rl.kl_estimator)
     token_rewards = adv_lib.sequence_reward_to_token_rewards(
@@ -105,17 +115,33 @@ def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any
               "old_values": np.asarray(old_values)}
     rng = np.random.default_rng([config.seed, step])
     pol, crit = state["policy"], state["critic"]
-    for _ in range(rl.ppo_epochs):
-      for rows in rollout.minibatches(len(scores), rl.num_minibatches, rng, rl.group_size):
-        mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
-        pol, m_pol = update_policy(pol, frozen, mb, step_key)
-        crit, m_crit = update_critic(crit, {}, mb, step_key)
+    with timer("update"):
+      for _ in range(rl.ppo_epochs):
+        for rows in rollout.minibatches(len(scores), rl.num_minibatches, rng, rl.group_size):
+          mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
+          pol, m_pol = update_policy(pol, frozen, mb, step_key)
+          crit, m_crit = update_critic(crit, {}, mb, step_key)
+      m_pol, m_crit = jax.device_get((m_pol, m_crit))
+    fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, rl.group_size)
+    critic_fwd = perf.forward_flops(critic_cfg, ro.prompt_mask, ro.comp_mask, 1, head=False)
     seq_kl = jnp.sum(kl, axis=-1).mean()
     kl_coef = kl_ctl.update(state["kl_coef"], seq_kl, len(scores))
     metrics = {**m_pol, **m_crit, **rollout.rollout_stats(ro, np.asarray(scores), valid),
                **terms, "rl/kl": jnp.sum(kl) / jnp.maximum(ro.comp_mask.sum(), 1),
-               "rl/kl_coef": state["kl_coef"]}
+               "rl/kl_coef": state["kl_coef"], "perf/shapes": shapes.count,
+               **timer.metrics(rollout=fwd, reference=fwd + critic_fwd,
+                               update=3 * (fwd + critic_fwd) * rl.ppo_epochs)}
     return {"policy": pol, "critic": crit, "kl_coef": kl_coef}, metrics
 
-  return loop.run(stage_dir, state, one_step, rl.total_steps, config,
-                  show=("reward/mean", "rl/kl", "critic/explained_variance"))
+  return state, one_step
+
+
+def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any, frozen: Any,
+        ref_params: Any, axes: Any, critic_cfg, critic_params: dict,
+        prompt_batch: PromptBatchFn, eos_ids: tuple[int, ...], pad_id: int, mesh
+        ) -> tuple[Any, dict]:
+  """The PPO loop over config.rl.total_steps rollouts; returns (final state, last metrics)."""
+  state, one_step = build(config, spec, trainable, frozen, ref_params, axes, critic_cfg,
+                          critic_params, prompt_batch, eos_ids, pad_id, mesh)
+  return loop.run(stage_dir, state, one_step, config.rl.total_steps, config,
+                  show=("reward/mean", "rl/kl", "critic/explained_variance", "perf/mfu"))

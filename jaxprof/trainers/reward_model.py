@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprof import parallel
+from jaxprof import buckets, parallel
 from jaxprof.models import bert, heads, hf
 from jaxprof.models.encoder import TextEncoder
 from jaxprof.rl import losses
@@ -94,10 +94,14 @@ def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
   update = common.jit_update(common.make_update(loss_fn, tx, rm.optim.grad_accum, "rm"),
                              shardings)
   batcher = common.Batcher(len(pairs), rm.batch_size, config.seed)
+  shapes = buckets.ShapeLog("reward_model")
 
   def one_step(state, step):
-    batch = parallel.shard_batch(_pair_batch(scorer, tok, pairs, batcher.indices(step)), mesh)
-    return update(state, {}, batch, jax.random.key(0))
+    batch = _pair_batch(scorer, tok, pairs, batcher.indices(step))
+    shapes(width=batch["chosen_ids"].shape[1])
+    state, m = update(state, {}, parallel.shard_batch(batch, mesh), jax.random.key(0))
+    real = batch["chosen_mask"].sum() + batch["rejected_mask"].sum()
+    return state, {**m, "perf/tokens": real, "perf/shapes": shapes.count}
 
   state, _ = loop.run(stage_dir, state, one_step, rm.optim.total_steps, config,
                       show=("rm/loss", "rm/accuracy"))

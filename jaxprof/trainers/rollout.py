@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprof import sampling
+from jaxprof import buckets, sampling
 from jaxprof.rl import advantages as adv_lib
 from jaxprof.rl import losses
 from jaxprof.trainers import policy
@@ -57,9 +57,12 @@ def generate(spec: policy.PolicySpec, trainable: Any, frozen: Any, prompt_ids: n
                 max_new_tokens=rl_config.max_new_tokens, eos_ids=tuple(eos_ids), sampler=sampler,
                 group_size=g, pad_id=pad_id)
   out = jax.device_get(out)
+  # Train on the longest completion's bucket, not on max_new_tokens (rows that stopped early are
+  # padding past their EOS).
+  n = buckets.width(int(out.mask.sum(-1).max(initial=1)), rl_config.max_new_tokens)
   return Rollout(prompt_ids=np.repeat(prompt_ids, g, 0), prompt_mask=np.repeat(prompt_mask, g, 0),
-                 comp_ids=out.tokens, comp_mask=out.mask, logprobs=out.logprobs,
-                 row_prompt=np.repeat(np.arange(len(prompt_ids)), g))
+                 comp_ids=out.tokens[:, :n], comp_mask=out.mask[:, :n],
+                 logprobs=out.logprobs[:, :n], row_prompt=np.repeat(np.arange(len(prompt_ids)), g))
 
 
 def text_reward_fn(reward, tokenizer, prompts: Sequence[str],

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprof import parallel
+from jaxprof import buckets, parallel
 from jaxprof.rl import losses
 from jaxprof.trainers import common, loop, policy
 
@@ -50,12 +50,15 @@ def train(config, stage_dir: pathlib.Path, examples: Sequence[Mapping[str, str]]
       shardings)
   batcher = common.Batcher(len(examples), sft.batch_size, config.seed)
   key = jax.random.key(config.seed)
+  shapes = buckets.ShapeLog("sft")
 
   def one_step(state, step):
     batch = make_batch(tok, examples, batcher.indices(step), sft)
+    shapes(prompt=batch["prompt_ids"].shape[1], target=batch["target_ids"].shape[1])
     state, m = update(state, frozen, parallel.shard_batch(batch, mesh),
                       jax.random.fold_in(key, step))
     m["perf/tokens"] = m.pop("sft/tokens")
+    m["perf/shapes"] = shapes.count
     return state, m
 
   state, last = loop.run(stage_dir, state, one_step, sft.optim.total_steps, config,

@@ -1,0 +1,86 @@
+r"""Where one decode step goes: the sampler's per-token work, timed piece by piece.
+
+  .venv/bin/python -m bench.profile_decode --batch=32 --group=8 --prompt_len=48 --new_tokens=64
+
+Times (best of --repeats, after a compiling call) of jitted pieces of one decode step of the
+packaged SmolLM2-135M at batch B = prompts x group, with a cache of prompt_len + new_tokens slots:
+the 30-layer forward of one token (with the cache), the LM head, the sampling of the next token
+(noise over the whole vocabulary), the log-softmax at the chosen token, and the whole step as
+the sampler runs it. Each piece is reported with its FLOP/s against the measured matmul peak.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from bench import common  # noqa: E402
+from jaxprof import api, perf, sampling  # noqa: E402
+from jaxprof.models import causal_lm  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch", 32, "Rows decoded per step (prompts x group).")
+flags.DEFINE_integer("group", 8, "Completions per prompt (the prompt cache is shared by a group).")
+flags.DEFINE_integer("prompt_len", 48, "Prompt slots in the cache.")
+flags.DEFINE_integer("new_tokens", 64, "Completion slots in the cache.")
+flags.DEFINE_integer("repeats", 10, "Timed calls per piece (the best is reported).")
+
+
+def main(argv):
+  del argv
+  lm = api.load_lm()
+  cfg, params = lm.cfg, lm.params
+  b, s = FLAGS.batch, FLAGS.prompt_len + FLAGS.new_tokens
+  key = jax.random.key(0)
+  cache = causal_lm.init_cache(cfg, b, s)
+  cache = cache.replace(mask=cache.mask.at[:, :FLAGS.prompt_len].set(True),
+                        index=jnp.asarray(FLAGS.prompt_len, jnp.int32))
+  token = jnp.zeros((b,), jnp.int32)
+  hidden = jax.random.normal(key, (b, cfg.hidden_size))
+  logits = jax.random.normal(key, (b, cfg.vocab_size))
+  choose = sampling.Sampling(temperature=1.0)
+
+  @jax.jit
+  def layers(params, cache, token):
+    h, cache = causal_lm.forward(params, cfg, token[:, None], jnp.ones((b, 1), bool), cache=cache)
+    return h[:, 0], cache
+
+  head = jax.jit(functools.partial(causal_lm.logits, cfg=cfg))
+  pick = jax.jit(choose.choose)
+  logp = jax.jit(lambda z, t: jnp.take_along_axis(jax.nn.log_softmax(z), t[:, None], -1))
+
+  @jax.jit
+  def step(params, cache, logits, key):
+    t = choose.choose(logits, key)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits), t[:, None], -1)
+    h, cache = causal_lm.forward(params, cfg, t[:, None], jnp.ones((b, 1), bool), cache=cache)
+    return causal_lm.logits(params, cfg, h[:, 0]), lp, cache
+
+  peak = perf.matmul_peak()
+  d, v = cfg.hidden_size, cfg.vocab_size
+  layer_flops = 2 * perf.layer_weights(cfg) * b + 4 * cfg.num_layers * cfg.num_heads * \
+      cfg.head_dim * b * FLAGS.prompt_len
+  pieces = {
+      "layers (30, with cache)": (lambda: layers(params, cache, token), layer_flops),
+      "LM head [B,D]x[D,V]": (lambda: head(params, hidden=hidden), 2 * b * d * v),
+      "sample (noise over V)": (lambda: pick(logits, key), 0),
+      "log-softmax at token": (lambda: logp(logits, token), 0),
+      "whole step": (lambda: step(params, cache, logits, key), layer_flops + 2 * b * d * v),
+  }
+  print(f"peak f32 matmul {peak / 1e9:.0f} GFLOP/s; B={b}, cache {s} slots")
+  rows = []
+  for name, (fn, flops) in pieces.items():
+    sec = common.best_time(fn, FLAGS.repeats)
+    rows.append([name, f"{sec * 1e3:.2f}", f"{flops / sec / 1e9:.0f}" if flops else "-",
+                 f"{100 * flops / sec / peak:.0f}%" if flops else "-"])
+  print(common.markdown_table(["piece", "ms", "GFLOP/s", "% of peak"], rows))
+
+
+if __name__ == "__main__":
+  app.run(main)
