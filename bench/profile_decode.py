@@ -3,8 +3,9 @@ r"""Where one decode step goes: the sampler's per-token work, timed piece by pie
   .venv/bin/python -m bench.profile_decode --batch=32 --group=8 --prompt_len=48 --new_tokens=64
 
 Times (best of --repeats, after a compiling call) of jitted pieces of one decode step of the
-packaged SmolLM2-135M at batch B = prompts x group, with a cache of prompt_len + new_tokens slots:
-the 30-layer forward of one token (with the cache), the LM head, the sampling of the next token
+packaged SmolLM2-135M at batch B = prompts x group:
+the forward of one token through all layers (prompt keys as a shared Prefix, completion keys in
+the cache, as `sampling.sample` holds them), the LM head, the sampling of the next token
 (noise over the whole vocabulary), the log-softmax at the chosen token, and the whole step as
 the sampler runs it. Each piece is reported with its FLOP/s against the measured matmul peak.
 """
@@ -36,11 +37,15 @@ def main(argv):
   del argv
   lm = api.load_lm()
   cfg, params = lm.cfg, lm.params
-  b, s = FLAGS.batch, FLAGS.prompt_len + FLAGS.new_tokens
+  b = FLAGS.batch
   key = jax.random.key(0)
-  cache = causal_lm.init_cache(cfg, b, s)
-  cache = cache.replace(mask=cache.mask.at[:, :FLAGS.prompt_len].set(True),
-                        index=jnp.asarray(FLAGS.prompt_len, jnp.int32))
+  # As the sampler holds it: each prompt's keys/values once (a Prefix), a cache of completion slots
+  # half full.
+  prompts = jnp.ones((b // FLAGS.group, FLAGS.prompt_len), jnp.int32)
+  _, prefix = jax.jit(lambda p, t: causal_lm.forward(p, cfg, t, t > 0))(params, prompts)
+  cache = causal_lm.init_cache(cfg, b, FLAGS.new_tokens)
+  half = FLAGS.new_tokens // 2
+  cache = cache.replace(mask=cache.mask.at[:, :half].set(True), index=jnp.asarray(half, jnp.int32))
   token = jnp.zeros((b,), jnp.int32)
   hidden = jax.random.normal(key, (b, cfg.hidden_size))
   logits = jax.random.normal(key, (b, cfg.vocab_size))
@@ -48,7 +53,8 @@ def main(argv):
 
   @jax.jit
   def layers(params, cache, token):
-    h, cache = causal_lm.forward(params, cfg, token[:, None], jnp.ones((b, 1), bool), cache=cache)
+    h, cache = causal_lm.forward(params, cfg, token[:, None], jnp.ones((b, 1), bool), cache=cache,
+                                 prefix=prefix)
     return h[:, 0], cache
 
   head = jax.jit(functools.partial(causal_lm.logits, cfg=cfg))
@@ -59,21 +65,23 @@ def main(argv):
   def step(params, cache, logits, key):
     t = choose.choose(logits, key)
     lp = jnp.take_along_axis(jax.nn.log_softmax(logits), t[:, None], -1)
-    h, cache = causal_lm.forward(params, cfg, t[:, None], jnp.ones((b, 1), bool), cache=cache)
+    h, cache = causal_lm.forward(params, cfg, t[:, None], jnp.ones((b, 1), bool), cache=cache,
+                                 prefix=prefix)
     return causal_lm.logits(params, cfg, h[:, 0]), lp, cache
 
   peak = perf.matmul_peak()
   d, v = cfg.hidden_size, cfg.vocab_size
   layer_flops = 2 * perf.layer_weights(cfg) * b + 4 * cfg.num_layers * cfg.num_heads * \
-      cfg.head_dim * b * FLAGS.prompt_len
+      cfg.head_dim * b * (FLAGS.prompt_len + half)
   pieces = {
-      "layers (30, with cache)": (lambda: layers(params, cache, token), layer_flops),
+      "layers (with prefix + cache)": (lambda: layers(params, cache, token), layer_flops),
       "LM head [B,D]x[D,V]": (lambda: head(params, hidden=hidden), 2 * b * d * v),
       "sample (noise over V)": (lambda: pick(logits, key), 0),
       "log-softmax at token": (lambda: logp(logits, token), 0),
       "whole step": (lambda: step(params, cache, logits, key), layer_flops + 2 * b * d * v),
   }
-  print(f"peak f32 matmul {peak / 1e9:.0f} GFLOP/s; B={b}, cache {s} slots")
+  print(f"peak f32 matmul {peak / 1e9:.0f} GFLOP/s; B={b} rows, {b // FLAGS.group} prompts of "
+        f"{FLAGS.prompt_len} tokens, completion cache {FLAGS.new_tokens} slots ({half} used)")
   rows = []
   for name, (fn, flops) in pieces.items():
     sec = common.best_time(fn, FLAGS.repeats)

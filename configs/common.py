@@ -134,11 +134,16 @@ def log_config(
   return ml_collections.ConfigDict(dict(every=every, show=tuple(show)))
 
 
-def model_config(path: str = "packaged", compute_dtype: str = "float32", remat: bool = False,
+def model_config(path: str = "packaged", compute_dtype: str = "float32", remat: str = "full",
                  lora_rank: int = 0) -> ml_collections.ConfigDict:
-  """Policy section. path: "packaged" (SmolLM2-135M-Instruct), an HF directory, or "tiny"."""
+  """Policy section. path: "packaged" (SmolLM2-135M-Instruct), an HF directory, or "tiny".
+
+  remat: what the backward pass recomputes per layer: "full" (keep only layer inputs; on CPU the
+  fastest as well as the smallest, bench/BENCHMARKS.md), "dots" (keep matmul outputs) or "none".
+  chunk_size: tokens per LM-head chunk in log-prob computation (memory: chunk_size x vocab floats).
+  """
   return ml_collections.ConfigDict(dict(
-      path=path, compute_dtype=compute_dtype, remat=remat, chunk_size=128,
+      path=path, compute_dtype=compute_dtype, remat=remat, chunk_size=512,
       # "tiny": a random Llama sharing the SmolLM2 tokenizer, for tests and smoke runs.
       tiny=dict(hidden_size=64, num_layers=2, num_heads=4, head_dim=16),
       lora=dict(rank=lora_rank, alpha=16.0, targets="q,k,v,o,gate,up,down")))

@@ -105,3 +105,18 @@ def test_invalid_sampling_options_are_named():
     sampling.Sampling(top_p=0.0)
   with pytest.raises(ValueError, match="temperature"):
     sampling.Sampling(temperature=-1)
+
+
+def test_categorical_draws_follow_the_distribution():
+  # Mass in several 256-token blocks (and at block edges); -inf logits must never be drawn.
+  v = 700
+  probs = np.zeros(v)
+  probs[[0, 255, 256, 511, 699]] = [0.1, 0.2, 0.3, 0.15, 0.25]
+  logits = jnp.log(jnp.asarray(probs, jnp.float32))[None].repeat(500, 0)
+  draw = jax.jit(sampling.categorical)
+  draws = np.concatenate([np.asarray(draw(jax.random.key(i), logits)) for i in range(40)])
+  counts = np.bincount(draws, minlength=v)
+  assert counts[probs == 0].sum() == 0
+  n = draws.size
+  sigma = np.sqrt(n * probs * (1 - probs))
+  assert np.all(np.abs(counts - n * probs) <= 5 * sigma + 1e-9), counts[probs > 0] / n

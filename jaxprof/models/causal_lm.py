@@ -68,13 +68,40 @@ def logits(params: dict, cfg: LMConfig, hidden: jax.Array) -> jax.Array:
   return jnp.einsum("...D,DV->...V", hidden, w, preferred_element_type=jnp.float32)
 
 
+def continuation_states(params: dict, cfg: LMConfig, prompt_ids: jax.Array, prompt_mask: jax.Array,
+                        comp_ids: jax.Array, comp_mask: jax.Array, group_size: int = 1,
+                        remat: bool | str = False) -> jax.Array:
+  """Hidden states [R, N, D] that predict each completion token from the prompt and the tokens
+  before it (the last completion token is never fed: nothing follows it).
+
+  prompt_ids/mask: [R, P] left-padded; comp_ids/mask: [R, N] right-padded. With group_size=G the
+  rows come in groups of G that share one prompt (rollout order): each prompt runs through the
+  network once and its keys and values (a `Prefix`, never repeated) serve the G completions,
+  instead of G identical prompt passes; gradients from all G flow back into that one pass.
+  """
+  r, p = prompt_ids.shape
+  if group_size == 1:
+    tokens = jnp.concatenate([prompt_ids, comp_ids[:, :-1]], axis=1)
+    mask = jnp.concatenate([prompt_mask, comp_mask[:, :-1]], axis=1)
+    return forward(params, cfg, tokens, mask, remat=remat)[0][:, p - 1:]
+  if r % group_size:
+    raise ValueError(f"{r} rows are not whole groups of {group_size}")
+  h_prompt, prefix = forward(params, cfg, prompt_ids[::group_size], prompt_mask[::group_size],
+                             remat=remat)
+  h_comp, _ = forward(params, cfg, comp_ids[:, :-1], comp_mask[:, :-1], remat=remat,
+                      prefix=prefix)
+  first = jnp.repeat(h_prompt[:, -1:], group_size, axis=0)  # predicts completion token 0
+  return jnp.concatenate([first, h_comp], axis=1)
+
+
 def token_logprobs(params: dict, cfg: LMConfig, hidden: jax.Array, targets: jax.Array,
-                   chunk_size: int = 128, with_entropy: bool = False):
-  """log p(targets) under the LM head, computed a chunk of positions at a time.
+                   chunk_size: int = 1024, with_entropy: bool = False):
+  """log p(targets) under the LM head, computed a chunk of tokens at a time.
 
   Args:
     hidden: [B, T, D] hidden states; targets: [B, T] int32 token ids that each position predicts.
-    chunk_size: positions per chunk; peak memory is B * chunk_size * V floats instead of B * T * V.
+    chunk_size: tokens (of the flattened B * T) per chunk; peak memory is chunk_size * V floats
+      instead of B * T * V.
     with_entropy: also return the per-position entropy of the predictive distribution.
   Returns:
     logprobs [B, T] float32 (and entropy [B, T] float32 if asked). Backward recomputes each chunk's
@@ -82,32 +109,31 @@ def token_logprobs(params: dict, cfg: LMConfig, hidden: jax.Array, targets: jax.
   """
   b, t, d = hidden.shape
   w = unembedding(params, cfg)
-  chunk = min(chunk_size, t)
-  pad = (-t) % chunk
-  h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-  y = jnp.pad(targets, ((0, 0), (0, pad)))
-  n = (t + pad) // chunk
-  h = h.reshape(b, n, chunk, d).swapaxes(0, 1)  # [n, B, C, D]
-  y = y.reshape(b, n, chunk).swapaxes(0, 1)
+  m = b * t
+  chunk = min(chunk_size, m)
+  pad = (-m) % chunk
+  h = jnp.pad(hidden.reshape(m, d), ((0, pad), (0, 0))).reshape(-1, chunk, d)  # [n, C, D]
+  y = jnp.pad(targets.reshape(m), (0, pad)).reshape(-1, chunk)
 
   @jax.checkpoint
   def one_chunk(h_c, y_c):
-    z = jnp.einsum("BCD,DV->BCV", h_c, w, preferred_element_type=jnp.float32)
+    z = jnp.einsum("CD,DV->CV", h_c, w, preferred_element_type=jnp.float32)
     logz = jax.nn.logsumexp(z, axis=-1)
-    lp = jnp.take_along_axis(z, y_c[..., None], axis=-1)[..., 0] - logz
-    probs = jnp.exp(z - logz[..., None])
-    ent = logz - jnp.sum(probs * z, axis=-1)
-    return lp, ent
+    lp = jnp.take_along_axis(z, y_c[:, None], axis=-1)[:, 0] - logz
+    if not with_entropy:
+      return lp, None
+    probs = jnp.exp(z - logz[:, None])
+    return lp, logz - jnp.sum(probs * z, axis=-1)
 
   lp, ent = jax.lax.map(lambda args: one_chunk(*args), (h, y))
-  lp = lp.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+  lp = lp.reshape(-1)[:m].reshape(b, t)
   if not with_entropy:
     return lp
-  return lp, ent.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+  return lp, ent.reshape(-1)[:m].reshape(b, t)
 
 
 def sequence_logprobs(params: dict, cfg: LMConfig, tokens: jax.Array, mask: jax.Array,
-                      chunk_size: int = 128, remat: bool = False,
+                      chunk_size: int = 1024, remat: bool | str = False,
                       with_entropy: bool = False):
   """Log-probs [B, T - 1] of tokens[:, 1:] given their prefix, for tokens [B, T]."""
   hidden, _ = forward(params, cfg, tokens[:, :-1], mask[:, :-1], remat=remat)

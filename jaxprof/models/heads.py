@@ -44,7 +44,7 @@ def truncate_layers(params: dict, cfg: causal_lm.LMConfig,
 
 
 def backbone_states(params: dict, cfg: BackboneConfig, tokens: jax.Array, mask: jax.Array,
-                    remat: bool = False) -> jax.Array:
+                    remat: bool | str = False) -> jax.Array:
   """Hidden states [B, T, D] from either backbone kind."""
   if isinstance(cfg, BertConfig):
     return bert.encode(params, cfg, tokens, mask)
@@ -59,7 +59,7 @@ def last_valid(hidden: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def sequence_scores(params: dict, cfg: BackboneConfig, tokens: jax.Array, mask: jax.Array,
-                    pooling: str = "last", remat: bool = False) -> jax.Array:
+                    pooling: str = "last", remat: bool | str = False) -> jax.Array:
   """One scalar per text [B] from tokens [B, T], mask [B, T] (reward-model score)."""
   if pooling not in POOLINGS:
     raise ValueError(f"pooling {pooling!r} not in {POOLINGS}")
@@ -72,7 +72,7 @@ def sequence_scores(params: dict, cfg: BackboneConfig, tokens: jax.Array, mask: 
 
 
 def token_values(params: dict, cfg: causal_lm.LMConfig, tokens: jax.Array, mask: jax.Array,
-                 remat: bool = False) -> jax.Array:
+                 remat: bool | str = False) -> jax.Array:
   """Per-token values [B, T] (the critic's estimate after reading each token)."""
   hidden = backbone_states(params["backbone"], cfg, tokens, mask, remat)
   return hidden.astype(jnp.float32) @ params["head"]["kernel"] + params["head"]["bias"]

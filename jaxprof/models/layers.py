@@ -248,21 +248,44 @@ def attention_inputs(mask: jax.Array, positions: jax.Array | None, cache,
   return Context(positions, visible, key_mask, index, prefix_mask)
 
 
+REMAT_POLICIES = {
+    # Keep the outputs of the token-wise matmuls (q/k/v/o, MLP); recompute attention and
+    # elementwise work in the backward pass: most of the memory saving of full remat for a
+    # fraction of its cost (no matmul over the weights is repeated).
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keep only each layer's input: the least memory, one extra forward pass.
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def remat_policy(remat: bool | str):
+  """None (no rematerialisation) or a jax.checkpoint policy: False/"none", "dots", True/"full"."""
+  if remat in (False, None, "none", ""):
+    return None
+  if remat is True:
+    remat = "full"
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r}; expected 'none', {', '.join(map(repr, REMAT_POLICIES))}")
+  return REMAT_POLICIES[remat]
+
+
 # block(x [B, T, D], layer params, attention) -> (x, kv), where the block calls
 # attention(q [B, T, N, H], k [B, K, T, H], v [B, K, T, H]) -> (out [B, T, N, H], kv) once.
 Block = Callable[[jax.Array, dict, Callable], tuple[jax.Array, Any]]
 
 
 def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=None, prefix=None,
-                remat: bool = False):
+                remat: bool | str = False):
   """Runs `block` over the stacked layers; the block never sees how keys are stored.
 
   Without a cache each layer's (k, v) is a scan output: returns (x, (k, v) [L, B, K, T, H]), the
   tokens' own keys and values, ready to serve as a `Prefix` (unused outputs cost nothing: XLA drops
   them). With a cache the whole cache rides in the scan carry and each layer writes only its new
   slots (no per-step copy): returns (x, updated cache). With a prefix, its layer slices are scan
-  inputs (read only, never repeated per row) and gradients flow back into them.
+  inputs (read only, never repeated per row) and gradients flow back into them. `remat` picks
+  what the backward pass recomputes per layer (`remat_policy`).
   """
+  policy = remat_policy(remat)
   pk, pv = (None, None) if prefix is None else (prefix.k, prefix.v)
 
   def shared(k_layer, v_layer):
@@ -276,8 +299,8 @@ def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=N
         return attend(q, k, v, ctx.visible, shared(k_layer, v_layer)), (k, v)
       return block(x, p, attention)
 
-    if remat:
-      body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    if policy is not None:
+      body = jax.checkpoint(body, policy=policy)
     return jax.lax.scan(body, x, (stacked, pk, pv))
 
   def cached_body(carry, layer):
@@ -290,8 +313,8 @@ def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=N
     x, (k_all, v_all) = block(x, p, attention)
     return (x, k_all, v_all), None
 
-  if remat:
-    cached_body = jax.checkpoint(cached_body, policy=jax.checkpoint_policies.nothing_saveable)
+  if policy is not None:
+    cached_body = jax.checkpoint(cached_body, policy=policy)
   num_layers = cache.k.shape[0]
   (x, k_all, v_all), _ = jax.lax.scan(cached_body, (x, cache.k, cache.v),
                                       (stacked, jnp.arange(num_layers), pk, pv))

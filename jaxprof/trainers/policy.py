@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from jaxprof import api, buckets
-from jaxprof.models import causal_lm, hf, lora
+from jaxprof.models import causal_lm, hf, layers, lora
 from jaxprof.models.layers import RopeConfig
 from jaxprof.models.llama import LlamaConfig
 from jaxprof.tokenizer import Tokenizer
@@ -33,8 +33,8 @@ class PolicySpec:
   lora_rank: int = 0
   lora_alpha: float = 16.0
   compute_dtype: str = "float32"  # params stay float32 (master); the forward may run in bf16
-  remat: bool = False
-  chunk_size: int = 128  # positions per LM-head chunk in log-prob computation
+  remat: bool | str = False  # layers.remat_policy: False/"none", "dots", True/"full"
+  chunk_size: int = 512  # tokens per LM-head chunk in log-prob computation
 
   @property
   def uses_lora(self) -> bool:
@@ -42,6 +42,7 @@ class PolicySpec:
 
 
 def spec_from_config(cfg: causal_lm.LMConfig, model_config) -> PolicySpec:
+  layers.remat_policy(model_config.remat)  # fails early, naming the valid values
   if model_config.compute_dtype not in DTYPES:
     raise ValueError(f"model.compute_dtype={model_config.compute_dtype!r}; "
                      f"expected one of {sorted(DTYPES)}")
@@ -97,27 +98,12 @@ def completion_logprobs(spec: PolicySpec, params: dict, prompt_ids: jax.Array,
                         with_entropy: bool = False, group_size: int = 1):
   """log p(completion tokens | prompt and earlier completion tokens): [R, N] float32.
 
-  prompt_ids/mask: [R, P] left-padded; comp_ids/mask: [R, N] right-padded. The last completion
-  token is never fed (nothing to predict after it). With group_size=G, rows come in groups of G
-  that share one prompt (rollout order): each prompt runs through the network once, and its keys
-  and values (a Prefix, never repeated) serve the G completions, instead of G identical prompt
-  passes; the completions' gradients flow back into that one prompt pass.
+  prompt_ids/mask: [R, P] left-padded; comp_ids/mask: [R, N] right-padded. With group_size=G,
+  rows come in groups of G that share one prompt (rollout order), and each prompt runs through the
+  network once (`causal_lm.continuation_states`).
   """
-  r, p = prompt_ids.shape
-  if group_size == 1:
-    tokens = jnp.concatenate([prompt_ids, comp_ids[:, :-1]], axis=1)
-    mask = jnp.concatenate([prompt_mask, comp_mask[:, :-1]], axis=1)
-    hidden, _ = causal_lm.forward(params, spec.cfg, tokens, mask, remat=spec.remat)
-    hidden = hidden[:, p - 1:]
-  else:
-    if r % group_size:
-      raise ValueError(f"{r} rows are not whole groups of {group_size}")
-    h_prompt, prefix = causal_lm.forward(params, spec.cfg, prompt_ids[::group_size],
-                                         prompt_mask[::group_size], remat=spec.remat)
-    h_comp, _ = causal_lm.forward(params, spec.cfg, comp_ids[:, :-1], comp_mask[:, :-1],
-                                  remat=spec.remat, prefix=prefix)
-    first = jnp.repeat(h_prompt[:, -1:], group_size, axis=0)  # predicts completion token 0
-    hidden = jnp.concatenate([first, h_comp], axis=1)
+  hidden = causal_lm.continuation_states(params, spec.cfg, prompt_ids, prompt_mask, comp_ids,
+                                         comp_mask, group_size, spec.remat)
   return causal_lm.token_logprobs(params, spec.cfg, hidden, comp_ids, spec.chunk_size,
                                   with_entropy)
 

@@ -18,19 +18,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprof import buckets, parallel, perf
-from jaxprof.models import heads
+from jaxprof.models import causal_lm, heads
 from jaxprof.rl import advantages as adv_lib
 from jaxprof.rl import kl_control, losses
 from jaxprof.trainers import common, loop, policy, rollout
 from jaxprof.trainers.grpo import PromptBatchFn
 
 
-def critic_values(critic_cfg, params, batch) -> jax.Array:
-  """V(s_t) [R, N]: the critic's value before each completion token."""
-  p = batch["prompt_ids"].shape[1]
-  tokens = jnp.concatenate([batch["prompt_ids"], batch["comp_ids"][:, :-1]], 1)
-  mask = jnp.concatenate([batch["prompt_mask"], batch["comp_mask"][:, :-1]], 1)
-  return heads.token_values(params, critic_cfg, tokens, mask)[:, p - 1:]
+def critic_values(critic_cfg, group_size: int, remat, params, batch) -> jax.Array:
+  """V(s_t) [R, N]: the critic's value before each completion token (prompt shared per group)."""
+  g = rollout.shareable_group(batch["comp_ids"].shape[0], group_size)
+  hidden = causal_lm.continuation_states(
+      params["backbone"], critic_cfg, batch["prompt_ids"], batch["prompt_mask"],
+      batch["comp_ids"], batch["comp_mask"], g, remat)
+  return hidden.astype(jnp.float32) @ params["head"]["kernel"] + params["head"]["bias"]
 
 
 def policy_loss_fn(spec, rl, trainable, frozen, batch, rng):
@@ -47,10 +48,10 @@ def policy_loss_fn(spec, rl, trainable, frozen, batch, rng):
   return loss * w, w, {f"rl/{k}": v for k, v in dict(m, entropy=entropy).items()}
 
 
-def critic_loss_fn(critic_cfg, rl, params, frozen, batch, rng):
+def critic_loss_fn(critic_cfg, rl, remat, params, frozen, batch, rng):
   del frozen, rng
   mask = batch["comp_mask"]
-  values = critic_values(critic_cfg, params, batch)
+  values = critic_values(critic_cfg, rl.group_size, remat, params, batch)
   loss, m = losses.value_loss(values, batch["old_values"], batch["returns"], mask,
                               clip_eps=rl.value_clip or None, agg_mode=rl.agg_mode,
                               max_len=rl.max_new_tokens)
@@ -79,10 +80,11 @@ def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_para
   update_policy = common.jit_update(common.make_update(
       functools.partial(policy_loss_fn, spec, rl), tx, rl.optim.grad_accum, "rl"), pol_sh)
   update_critic = common.jit_update(common.make_update(
-      functools.partial(critic_loss_fn, critic_cfg, rl), critic_tx, rl.optim.grad_accum,
+      functools.partial(critic_loss_fn, critic_cfg, rl, spec.remat), critic_tx,
+      rl.optim.grad_accum,
       "critic"), crit_sh)
   ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rl.group_size))
-  values_fn = jax.jit(functools.partial(critic_values, critic_cfg))
+  values_fn = jax.jit(functools.partial(critic_values, critic_cfg, rl.group_size, False))
   key = jax.random.key(config.seed)
   shapes = buckets.ShapeLog("ppo")
 
@@ -123,7 +125,8 @@ def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_para
           crit, m_crit = update_critic(crit, {}, mb, step_key)
       m_pol, m_crit = jax.device_get((m_pol, m_crit))
     fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, rl.group_size)
-    critic_fwd = perf.forward_flops(critic_cfg, ro.prompt_mask, ro.comp_mask, 1, head=False)
+    critic_fwd = perf.forward_flops(critic_cfg, ro.prompt_mask, ro.comp_mask, rl.group_size,
+                                    head=False)
     seq_kl = jnp.sum(kl, axis=-1).mean()
     kl_coef = kl_ctl.update(state["kl_coef"], seq_kl, len(scores))
     metrics = {**m_pol, **m_crit, **rollout.rollout_stats(ro, np.asarray(scores), valid),

@@ -31,6 +31,7 @@ class Scorer:
   pooling: str
   max_prompt_len: int
   max_response_len: int
+  remat: bool | str = False  # for training (layers.remat_policy)
 
   def tokenize(self, tok, prompts: Sequence, responses: Sequence[str]
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +59,8 @@ def build_backbone(backbone: str, policy_dir: str, model_config, seed: int):
 
 def pair_loss(scorer: Scorer, rm_config, params, frozen, batch, rng):
   del frozen, rng
-  score = functools.partial(heads.sequence_scores, params, scorer.cfg, pooling=scorer.pooling)
+  score = functools.partial(heads.sequence_scores, params, scorer.cfg, pooling=scorer.pooling,
+                            remat=scorer.remat)
   both_ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
   both_mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
   r = score(both_ids, both_mask)
@@ -83,7 +85,7 @@ def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
   rm = config.reward_model
   mesh = parallel.make_mesh(**{k: config.mesh[k] for k in ("data", "fsdp", "tensor")})
   cfg, backbone, tok = build_backbone(rm.backbone, policy_dir, config.model, config.seed)
-  scorer = Scorer(cfg, rm.pooling, rm.max_prompt_len, rm.max_response_len)
+  scorer = Scorer(cfg, rm.pooling, rm.max_prompt_len, rm.max_response_len, config.model.remat)
   params = {"backbone": backbone,
             "head": heads.init_head(jax.random.key(config.seed + 2), cfg.hidden_size,
                                     scale=rm.head_init_scale)}
