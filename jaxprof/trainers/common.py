@@ -18,7 +18,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from jaxprof import parallel, stages
+from jaxprof import parallel
 
 # loss_fn(params, frozen, micro_batch, rng) -> (loss_sum, weight, metrics of the micro-batch)
 LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, jax.Array, dict]]
@@ -123,13 +123,23 @@ def make_update(loss_fn: LossFn, tx: optax.GradientTransformation, num_micro: in
 
   def update(state: TrainState, frozen: Any, batch: Any, rng: jax.Array):
     loss, grads, metrics = accumulated_grads(wrapped, state.params, frozen, batch, rng, num_micro)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state)
-    finite = jnp.isfinite(loss) & stages.all_finite(grads)
-    skipped = state.replace(step=state.step + 1, skipped=state.skipped + 1)
-    state = stages.select_if_finite(new, skipped, finite)
-    out = {f"{prefix}/loss": loss, f"{prefix}/grad_norm": optax.tree.norm(grads),
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite gradient makes the norm non-finite (so does a finite one past ~1e19, which
+    # clipping would have crushed anyway): one reduction instead of a pass over every leaf.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def apply(state):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      return state.replace(step=state.step + 1, opt_state=opt_state,
+                           params=optax.apply_updates(state.params, updates))
+
+    def skip(state):
+      return state.replace(step=state.step + 1, skipped=state.skipped + 1)
+
+    # cond, not a select between two whole states: the skipped branch costs nothing and the
+    # applied one runs in place on the donated buffers (0.46 -> 0.18 s per SmolLM2 update here).
+    state = jax.lax.cond(finite, apply, skip, state)
+    out = {f"{prefix}/loss": loss, f"{prefix}/grad_norm": grad_norm,
            f"{prefix}/finite": finite, f"{prefix}/skipped": state.skipped}
     out.update({k if "/" in k else f"{prefix}/{k}": v for k, v in metrics.items()})
     return state, out
