@@ -91,7 +91,8 @@ def main(argv):
   model_dir = str(api.resolve_model_dir(api.PACKAGED))
   print(common.machine_summary(), flush=True)
   shape = _shape_args(FLAGS.prompts, FLAGS.group)
-  specs = {"jaxprof": ["bench.jaxprof_worker", f"--algo={FLAGS.algo}", f"--remat={FLAGS.remat}",
+  base = "jaxprof" if FLAGS.algo == "grpo" else "jaxprof PPO"
+  specs = {base: ["bench.jaxprof_worker", f"--algo={FLAGS.algo}", f"--remat={FLAGS.remat}",
                        *shape]}
   if FLAGS.algo == "grpo":
     modes = {"default": ["on"], "off": ["off"], "both": ["on", "off"]}[FLAGS.trl_checkpointing]
@@ -133,6 +134,10 @@ def report(workers: list[Worker]) -> None:
         f"{FLAGS.new_tokens} tokens, {FLAGS.rounds} alternated rounds "
         f"(step seconds per round: " + "; ".join(
             f"{w.name} " + ", ".join(f"{t:.1f}" for t in w.timed) for w in workers) + ")")
+  for w in workers:  # the workload is only the same if every completion had new_tokens tokens
+    lengths = [s["completion_tokens"] for s in w.steps]
+    if any(c.get("mean") != FLAGS.new_tokens or c.get("max") != FLAGS.new_tokens for c in lengths):
+      print(f"WARNING: {w.name} completions were not all {FLAGS.new_tokens} tokens: {lengths}")
   print(common.markdown_table(
       ["system", "step s (median)", "s per completion", f"time / {base.name} (median of rounds)",
        "peak RSS GB", "last step phases s", "train MFU"], rows))
