@@ -6,7 +6,9 @@ r"""SFT and reward-model steps at the GIRL default: real tokens per second, vs a
 Each round runs a worker process per checkout (this one and --baseline), alternating the order,
 and each worker times --steps steps of the real SFT update (packaged SmolLM2-135M, GIRL's batches
 of the job_market SFT rows) and of the reward-model update (6-layer policy backbone, GIRL's pairs)
-after one compiling step. It reports target tokens/s for SFT (the tokens the loss is over, as the
+after one compiling step (a step whose batch has a shape not seen yet first runs once untimed:
+the steady-state cost, compiles excluded; the number of shapes is reported). It reports target
+tokens/s for SFT (the tokens the loss is over, as the
 SFT stage's perf/tokens counts them), all real tokens/s for both, and the padded batch widths.
 The worker imports only functions both checkouts have, so it runs unchanged on either.
 """
@@ -51,8 +53,13 @@ def _worker() -> dict:
   def timed_steps(step_fn, batch_fn):
     state = None
     times, tokens, real, widths = [], [], [], []
+    compiled = set()
     for step in range(FLAGS.steps + 1):
       batch = batch_fn(step)
+      shape = tuple(v.shape for k, v in sorted(batch.items()))
+      if shape not in compiled:  # steady state: a new bucket's compile is not a step's cost
+        compiled.add(shape)
+        jax.block_until_ready(step_fn(batch)[1])
       start = time.perf_counter()
       state, m = step_fn(batch)
       jax.block_until_ready(m)
@@ -63,7 +70,7 @@ def _worker() -> dict:
         widths.append(sum(v.shape[1] for k, v in batch.items() if k.endswith("ids")))
     del state
     return {"seconds": sum(times), "loss_tokens": sum(tokens), "real_tokens": sum(real),
-            "widths": sorted(set(widths))}
+            "widths": sorted(set(widths)), "shapes": len(compiled)}
 
   # SFT, as sft.train builds it.
   examples = task.sft_examples("train")
