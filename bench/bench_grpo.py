@@ -26,15 +26,13 @@ import sys
 
 from absl import app, flags
 
-from bench import common
+from bench import common, workers
 from jaxprof import api
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("algo", "grpo", ["grpo", "ppo"], "grpo: vs TRL; ppo: jaxprof PPO vs GRPO.")
 flags.DEFINE_integer("rounds", 3, "Timed rounds (each runs every system once).")
-flags.DEFINE_integer("prompts", 4, "Distinct prompts per step.")
-flags.DEFINE_integer("group", 8, "Completions per prompt.")
-flags.DEFINE_integer("new_tokens", 64, "Tokens per completion (exactly).")
+workers.define_workload_flags()
 flags.DEFINE_enum("trl_checkpointing", "default", ["default", "off", "both"],
                   "TRL activation checkpointing: its default (on), off, or a run of each.")
 flags.DEFINE_string("remat", "full", "jaxprof model.remat.")
@@ -103,25 +101,25 @@ def main(argv):
   else:  # GRPO at the same number of completions per step, the reference for cost per completion
     specs["jaxprof GRPO"] = ["bench.jaxprof_worker", "--algo=grpo", f"--remat={FLAGS.remat}",
                              *shape]
-  workers = []
+  procs = []
   try:
     for name, argv in specs.items():  # started one at a time: warm-ups are not timed side by side
-      workers.append(Worker(name, argv))
+      procs.append(Worker(name, argv))
     for r in range(FLAGS.rounds):
-      for w in workers if r % 2 == 0 else reversed(workers):
+      for w in procs if r % 2 == 0 else reversed(procs):
         s = w.step()
         print(f"round {r}: {w.name} {s['seconds']:.2f} s", flush=True)
   finally:
-    for w in workers:
+    for w in procs:
       w.close()
-  report(workers)
+  report(procs)
 
 
-def report(workers: list[Worker]) -> None:
-  base = workers[0]
+def report(procs: list[Worker]) -> None:
+  base = procs[0]
   completions = FLAGS.prompts * FLAGS.group
   rows = []
-  for w in workers:
+  for w in procs:
     ratio = statistics.median(o / b for o, b in zip(w.timed, base.timed, strict=True))
     phases = w.steps[-1].get("phases")
     split = ", ".join(f"{k} {v:.1f}" for k, v in phases.items() if k != "reward") if phases else "-"
@@ -133,8 +131,8 @@ def report(workers: list[Worker]) -> None:
   print(f"\n{FLAGS.algo.upper()} step, {FLAGS.prompts} prompts x {FLAGS.group} completions x "
         f"{FLAGS.new_tokens} tokens, {FLAGS.rounds} alternated rounds "
         f"(step seconds per round: " + "; ".join(
-            f"{w.name} " + ", ".join(f"{t:.1f}" for t in w.timed) for w in workers) + ")")
-  for w in workers:  # the workload is only the same if every completion had new_tokens tokens
+            f"{w.name} " + ", ".join(f"{t:.1f}" for t in w.timed) for w in procs) + ")")
+  for w in procs:  # the workload is only the same if every completion had new_tokens tokens
     lengths = [s["completion_tokens"] for s in w.steps]
     if any(c.get("mean") != FLAGS.new_tokens or c.get("max") != FLAGS.new_tokens for c in lengths):
       print(f"WARNING: {w.name} completions were not all {FLAGS.new_tokens} tokens: {lengths}")

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprof import perf
+
 GB = 1e9
 
 
@@ -94,12 +96,8 @@ def measure_memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> tuple[fl
 
 
 def measure_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
-  """FLOP/s of a jitted f32 [n, n] @ [n, n] (2 n^3 FLOPs)."""
-  keys = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(keys[0], (n, n), jnp.float32)
-  b = jax.random.normal(keys[1], (n, n), jnp.float32)
-  matmul = jax.jit(jnp.matmul)
-  return 2 * n**3 / best_time(lambda: matmul(a, b), repeats)
+  """FLOP/s of a jitted f32 [n, n] @ [n, n] (2 n^3 FLOPs): the probe `perf/mfu` divides by."""
+  return perf.matmul_peak(n, repeats)
 
 
 def measure_peaks(matmul_n: int = 2048, megabytes: int = 512) -> Peaks:

@@ -34,9 +34,7 @@ from jaxprof.trainers import grpo, policy, ppo, rollout  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("algo", "grpo", ["grpo", "ppo"], "Which jaxprof RL step.")
-flags.DEFINE_integer("prompts", 4, "Distinct prompts per step.")
-flags.DEFINE_integer("group", 8, "Completions per prompt.")
-flags.DEFINE_integer("new_tokens", 64, "Tokens per completion (exactly this many).")
+workers.define_workload_flags()
 flags.DEFINE_integer("critic_layers", 6, "PPO: layers of the policy the critic keeps (GIRL).")
 flags.DEFINE_enum("remat", "full", ["none", "dots", "full"], "model.remat (jaxprof's default).")
 flags.DEFINE_string("compute_dtype", "float32", "Policy compute dtype (params stay float32).")

@@ -44,12 +44,10 @@ from bench import workers  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Local HF model directory (a chat model).", required=True)
-flags.DEFINE_integer("prompts", 4, "Distinct prompts per optimizer step.")
-flags.DEFINE_integer("group", 8, "Completions per prompt (num_generations).")
-flags.DEFINE_integer("new_tokens", 64, "Tokens per completion (exactly this many).")
+workers.define_workload_flags()
 flags.DEFINE_enum("algo", "grpo", ["grpo", "dr_grpo", "dapo", "bnpo"], "TRL loss_type.")
 flags.DEFINE_float("beta", 0.04, "KL coefficient; > 0 loads a frozen reference model.")
-flags.DEFINE_bool("activation_checkpointing", False, "TRL's default is on; jaxprof's remat is off.")
+flags.DEFINE_bool("activation_checkpointing", False, "TRL's default is on.")
 flags.DEFINE_integer("threads", os.cpu_count() or 1, "torch intra-op threads.")
 flags.DEFINE_integer("seed", 0, "Trainer seed.")
 

@@ -35,6 +35,15 @@ REQUESTS = [
 TARGET_WORDS = 40
 
 
+def define_workload_flags(prompts: int = 4, group: int = 8, new_tokens: int = 64) -> None:
+  """The flags that fix the workload's shape, the same in the driver and in every worker."""
+  from absl import flags
+
+  flags.DEFINE_integer("prompts", prompts, "Distinct prompts per step.")
+  flags.DEFINE_integer("group", group, "Completions per prompt.")
+  flags.DEFINE_integer("new_tokens", new_tokens, "Tokens per completion (exactly this many).")
+
+
 def word_reward(text: str) -> float:
   """The workload's reward: -|words in the completion - 40|."""
   return -abs(len(text.split()) - float(TARGET_WORDS))

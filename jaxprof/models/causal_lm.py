@@ -95,7 +95,7 @@ def continuation_states(params: dict, cfg: LMConfig, prompt_ids: jax.Array, prom
 
 
 def token_logprobs(params: dict, cfg: LMConfig, hidden: jax.Array, targets: jax.Array,
-                   chunk_size: int = 1024, with_entropy: bool = False):
+                   chunk_size: int = 512, with_entropy: bool = False):
   """log p(targets) under the LM head, computed a chunk of tokens at a time.
 
   Args:
@@ -133,7 +133,7 @@ def token_logprobs(params: dict, cfg: LMConfig, hidden: jax.Array, targets: jax.
 
 
 def sequence_logprobs(params: dict, cfg: LMConfig, tokens: jax.Array, mask: jax.Array,
-                      chunk_size: int = 1024, remat: bool | str = False,
+                      chunk_size: int = 512, remat: bool | str = False,
                       with_entropy: bool = False):
   """Log-probs [B, T - 1] of tokens[:, 1:] given their prefix, for tokens [B, T]."""
   hidden, _ = forward(params, cfg, tokens[:, :-1], mask[:, :-1], remat=remat)

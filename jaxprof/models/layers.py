@@ -234,8 +234,7 @@ def attention_inputs(mask: jax.Array, positions: jax.Array | None, cache,
   if positions is None:
     positions = default_positions(mask)
     if prefix is not None:
-      lengths = jnp.sum(prefix.mask, axis=-1, dtype=jnp.int32)
-      positions = positions + jnp.repeat(lengths, b // prefix.mask.shape[0])[:, None] * mask
+      positions = positions + jnp.repeat(prefix.lengths, b // prefix.mask.shape[0])[:, None] * mask
     if cache is not None:
       positions = positions + jnp.sum(cache.mask, axis=-1, keepdims=True) * mask
   prefix_mask = None if prefix is None else prefix.mask
