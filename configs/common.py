@@ -177,6 +177,10 @@ def rl_config(algo: str = "grpo", steps: int = 100, prompts_per_step: int = 4,
       algo=algo, total_steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
       max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
       temperature=1.0, top_k=0, top_p=1.0,
+      # Each prompt once per group in training and scoring (policy, reference, critic, reward
+      # model): the G completions attend to one prompt pass. False: G full sequences (the
+      # reference path the shared one is tested against).
+      share_prefix=True,
       # Policy loss: separate clip bounds (DAPO-style clip-higher), optional dual clip.
       eps_low=0.2, eps_high=0.28, dual_clip=0.0, ratio_level="token", agg_mode="token_mean",
       num_iterations=1, num_minibatches=1,

@@ -68,30 +68,58 @@ def logits(params: dict, cfg: LMConfig, hidden: jax.Array) -> jax.Array:
   return jnp.einsum("...D,DV->...V", hidden, w, preferred_element_type=jnp.float32)
 
 
+def group_first(x: jax.Array, group_size: int) -> jax.Array:
+  """The first row of each group of `group_size` consecutive rows: [R, ...] -> [R / G, ...].
+
+  A reshape and a slice (not a strided gather), so a batch sharded over devices in whole groups
+  stays local: each device reads its own groups' prompts.
+  """
+  if x.shape[0] % group_size:
+    raise ValueError(f"{x.shape[0]} rows are not whole groups of {group_size}")
+  return x.reshape(x.shape[0] // group_size, group_size, *x.shape[1:])[:, 0]
+
+
+def continue_prompts(params: dict, cfg: LMConfig, prompt_ids: jax.Array, prompt_mask: jax.Array,
+                     ids: jax.Array, mask: jax.Array, group_size: int,
+                     remat: bool | str = False) -> tuple[jax.Array, jax.Array]:
+  """Each prompt once, then its group's continuations attend to it: the shared-prefix forward.
+
+  Args:
+    prompt_ids, prompt_mask: [R, P] left-padded, identical within each group of `group_size`
+      consecutive rows (only each group's first row is read).
+    ids, mask: [R, T] right-padded continuations (completions, or completions minus their last
+      token when predicting them).
+  Returns:
+    (prompt_last [R, D]: the state after each row's prompt, hidden [R, T, D]: the continuations'
+    states), equal to one forward of concat(prompt, continuation) per row. The prompt's keys and
+    values (a `Prefix`) are computed once per group and never repeated; gradients from all G rows
+    flow back into that one pass.
+  """
+  h_prompt, prefix = forward(params, cfg, group_first(prompt_ids, group_size),
+                             group_first(prompt_mask, group_size), remat=remat)
+  hidden, _ = forward(params, cfg, ids, mask, remat=remat, prefix=prefix)
+  return jnp.repeat(h_prompt[:, -1], group_size, axis=0), hidden
+
+
 def continuation_states(params: dict, cfg: LMConfig, prompt_ids: jax.Array, prompt_mask: jax.Array,
                         comp_ids: jax.Array, comp_mask: jax.Array, group_size: int = 1,
                         remat: bool | str = False) -> jax.Array:
   """Hidden states [R, N, D] that predict each completion token from the prompt and the tokens
   before it (the last completion token is never fed: nothing follows it).
 
-  prompt_ids/mask: [R, P] left-padded; comp_ids/mask: [R, N] right-padded. With group_size=G the
-  rows come in groups of G that share one prompt (rollout order): each prompt runs through the
-  network once and its keys and values (a `Prefix`, never repeated) serve the G completions,
-  instead of G identical prompt passes; gradients from all G flow back into that one pass.
+  prompt_ids/mask: [R, P] left-padded; comp_ids/mask: [R, N] right-padded. With group_size=G > 1
+  the rows come in groups of G that share one prompt (rollout order) and the prompt runs once per
+  group (`continue_prompts`); G=1 is the plain path, one [P + N - 1] sequence per row, which the
+  shared path is tested against.
   """
-  r, p = prompt_ids.shape
+  p = prompt_ids.shape[1]
   if group_size == 1:
     tokens = jnp.concatenate([prompt_ids, comp_ids[:, :-1]], axis=1)
     mask = jnp.concatenate([prompt_mask, comp_mask[:, :-1]], axis=1)
     return forward(params, cfg, tokens, mask, remat=remat)[0][:, p - 1:]
-  if r % group_size:
-    raise ValueError(f"{r} rows are not whole groups of {group_size}")
-  h_prompt, prefix = forward(params, cfg, prompt_ids[::group_size], prompt_mask[::group_size],
-                             remat=remat)
-  h_comp, _ = forward(params, cfg, comp_ids[:, :-1], comp_mask[:, :-1], remat=remat,
-                      prefix=prefix)
-  first = jnp.repeat(h_prompt[:, -1:], group_size, axis=0)  # predicts completion token 0
-  return jnp.concatenate([first, h_comp], axis=1)
+  first, hidden = continue_prompts(params, cfg, prompt_ids, prompt_mask, comp_ids[:, :-1],
+                                   comp_mask[:, :-1], group_size, remat)
+  return jnp.concatenate([first[:, None], hidden], axis=1)
 
 
 def token_logprobs(params: dict, cfg: LMConfig, hidden: jax.Array, targets: jax.Array,

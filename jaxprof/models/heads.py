@@ -71,6 +71,21 @@ def sequence_scores(params: dict, cfg: BackboneConfig, tokens: jax.Array, mask: 
   return pooled.astype(jnp.float32) @ params["head"]["kernel"] + params["head"]["bias"]
 
 
+def continuation_scores(params: dict, cfg: causal_lm.LMConfig, prompt_ids: jax.Array,
+                        prompt_mask: jax.Array, ids: jax.Array, mask: jax.Array,
+                        group_size: int) -> jax.Array:
+  """`sequence_scores(concat(prompt, response))` with "last" pooling, each prompt run once.
+
+  prompt_ids/mask: [R, P] left-padded, the same prompt in each group of `group_size` consecutive
+  rows; ids/mask: [R, T] right-padded responses. Returns [R] float32. A causal backbone only: the
+  prompt's states must not depend on the response (a BERT encoder reads both ways).
+  """
+  prompt_last, hidden = causal_lm.continue_prompts(params["backbone"], cfg, prompt_ids,
+                                                   prompt_mask, ids, mask, group_size)
+  pooled = jnp.where(jnp.any(mask, axis=1)[:, None], last_valid(hidden, mask), prompt_last)
+  return pooled.astype(jnp.float32) @ params["head"]["kernel"] + params["head"]["bias"]
+
+
 def token_values(params: dict, cfg: causal_lm.LMConfig, tokens: jax.Array, mask: jax.Array,
                  remat: bool | str = False) -> jax.Array:
   """Per-token values [B, T] (the critic's estimate after reading each token)."""

@@ -42,17 +42,23 @@ class RewardBatch:
     completion_ids: [B, N] int32 completion token ids (policy tokenizer).
     completion_mask: [B, N] bool, True at real completion tokens.
     columns: data set columns, name -> sequence of B entries.
+    group_size: rows come in contiguous groups of this many completions of one prompt; a model
+      reward may then read each prompt once per group (1: every row on its own).
   """
   prompts: Sequence[str]
   completions: Sequence[str]
   completion_ids: np.ndarray
   completion_mask: np.ndarray
   columns: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
+  group_size: int = 1
 
   def __post_init__(self):
     b = len(self.completions)
     if len(self.prompts) != b:
       raise ColumnError(f"RewardBatch: {len(self.prompts)} prompts for {b} completions")
+    if self.group_size < 1 or b % self.group_size:
+      raise ColumnError(f"RewardBatch: {b} completions are not whole groups of "
+                        f"group_size={self.group_size}")
     for name in ("completion_ids", "completion_mask"):
       arr = np.asarray(getattr(self, name))
       if arr.ndim != 2 or arr.shape[0] != b:
@@ -90,7 +96,7 @@ class RewardBatch:
                           f"({len(prompts)})")
     rep = lambda xs: [x for x in xs for _ in range(group_size)]
     return cls(rep(prompts), list(completions), np.asarray(completion_ids),
-               np.asarray(completion_mask), {k: rep(v) for k, v in columns.items()})
+               np.asarray(completion_mask), {k: rep(v) for k, v in columns.items()}, group_size)
 
 
 def clean_text(text: Any) -> str | None:

@@ -29,7 +29,7 @@ def grpo_loss(spec: policy.PolicySpec, rl, single_update: bool, trainable, froze
   """Clipped policy loss + beta * KL(pi || ref) (estimator rl.kl_estimator), as a weighted sum."""
   del rng
   mask = batch["comp_mask"]
-  lp, ent = rollout.policy_logprobs(spec, rl.group_size, trainable, frozen, batch)
+  lp, ent = rollout.policy_logprobs(spec, rollout.prompt_group(rl), trainable, frozen, batch)
   old = jax.lax.stop_gradient(lp) if single_update else batch["old_logprobs"]
   loss, m = losses.policy_loss(
       lp, old, batch["advantages"], mask, eps_low=rl.eps_low, eps_high=rl.eps_high,
@@ -58,7 +58,7 @@ def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_para
   state, shardings = common.create_state(trainable, axes, tx, mesh, config.mesh.rules)
   update = common.jit_update(common.make_update(
       functools.partial(grpo_loss, spec, rl, single), tx, rl.optim.grad_accum, "rl"), shardings)
-  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rl.group_size))
+  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rollout.prompt_group(rl)))
   key = jax.random.key(config.seed)
   shapes = buckets.ShapeLog("grpo")
 
@@ -87,7 +87,7 @@ def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_para
           mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
           state, m = update(state, frozen, mb, step_key)
       m = jax.device_get(m)
-    fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, rl.group_size)
+    fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, ro.prompt_group)
     return state, {**m, **rollout.rollout_stats(ro, rewards, valid), **terms,
                    **timer.metrics(rollout=fwd, reference=fwd * (rl.kl_coef > 0),
                                    update=3 * fwd * rl.num_iterations),

@@ -37,7 +37,7 @@ def critic_values(critic_cfg, group_size: int, remat, params, batch) -> jax.Arra
 def policy_loss_fn(spec, rl, trainable, frozen, batch, rng):
   del rng
   mask = batch["comp_mask"]
-  lp, ent = rollout.policy_logprobs(spec, rl.group_size, trainable, frozen, batch)
+  lp, ent = rollout.policy_logprobs(spec, rollout.prompt_group(rl), trainable, frozen, batch)
   loss, m = losses.policy_loss(
       lp, batch["old_logprobs"], batch["advantages"], mask, eps_low=rl.eps_low,
       eps_high=rl.eps_high, dual_clip=rl.dual_clip or None, ratio_level=rl.ratio_level,
@@ -51,7 +51,7 @@ def policy_loss_fn(spec, rl, trainable, frozen, batch, rng):
 def critic_loss_fn(critic_cfg, rl, remat, params, frozen, batch, rng):
   del frozen, rng
   mask = batch["comp_mask"]
-  values = critic_values(critic_cfg, rl.group_size, remat, params, batch)
+  values = critic_values(critic_cfg, rollout.prompt_group(rl), remat, params, batch)
   loss, m = losses.value_loss(values, batch["old_values"], batch["returns"], mask,
                               clip_eps=rl.value_clip or None, agg_mode=rl.agg_mode,
                               max_len=rl.max_new_tokens)
@@ -83,8 +83,9 @@ def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_para
       functools.partial(critic_loss_fn, critic_cfg, rl, spec.remat), critic_tx,
       rl.optim.grad_accum,
       "critic"), crit_sh)
-  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rl.group_size))
-  values_fn = jax.jit(functools.partial(critic_values, critic_cfg, rl.group_size, False))
+  g = rollout.prompt_group(rl)
+  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, g))
+  values_fn = jax.jit(functools.partial(critic_values, critic_cfg, g, False))
   key = jax.random.key(config.seed)
   shapes = buckets.ShapeLog("ppo")
 
@@ -124,8 +125,8 @@ def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_para
           pol, m_pol = update_policy(pol, frozen, mb, step_key)
           crit, m_crit = update_critic(crit, {}, mb, step_key)
       m_pol, m_crit = jax.device_get((m_pol, m_crit))
-    fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, rl.group_size)
-    critic_fwd = perf.forward_flops(critic_cfg, ro.prompt_mask, ro.comp_mask, rl.group_size,
+    fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, ro.prompt_group)
+    critic_fwd = perf.forward_flops(critic_cfg, ro.prompt_mask, ro.comp_mask, ro.prompt_group,
                                     head=False)
     seq_kl = jnp.sum(kl, axis=-1).mean()
     kl_coef = kl_ctl.update(state["kl_coef"], seq_kl, len(scores))

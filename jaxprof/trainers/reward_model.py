@@ -38,10 +38,20 @@ class Scorer:
     if isinstance(self.cfg, bert.BertConfig):  # response first: truncation drops prompt tail
       return tok.tokenize([f"{r} [SEP] {policy.plain_text(p)}"
                            for p, r in zip(prompts, responses, strict=True)])
-    prompts = [policy.format_prompt(tok, p) for p in prompts]
-    p_ids, p_mask = policy.encode_prompts(tok, prompts, self.max_prompt_len)
-    r_ids, r_mask = policy.encode_targets(tok, list(responses), self.max_response_len)
+    (p_ids, p_mask), (r_ids, r_mask) = self.tokenize_parts(tok, prompts, responses)
     return np.concatenate([p_ids, r_ids], 1), np.concatenate([p_mask, r_mask], 1)
+
+  def tokenize_parts(self, tok, prompts: Sequence, responses: Sequence[str]):
+    """((prompt ids, mask) [len(prompts), P] left-padded, (response ids, mask) [B, T]
+    right-padded), for a causal backbone: `tokenize` is their concatenation."""
+    prompts = [policy.format_prompt(tok, p) for p in prompts]
+    return (policy.encode_prompts(tok, prompts, self.max_prompt_len),
+            policy.encode_targets(tok, list(responses), self.max_response_len))
+
+  @property
+  def shares_prompts(self) -> bool:
+    """Whether a prompt's states can be computed once for many responses (causal, last token)."""
+    return not isinstance(self.cfg, bert.BertConfig) and self.pooling == "last"
 
 
 def build_backbone(backbone: str, policy_dir: str, model_config, seed: int):
@@ -159,17 +169,36 @@ class RewardModel:
     self.batch_size = batch_size
     self._score = jax.jit(functools.partial(heads.sequence_scores, cfg=cfg,
                                             pooling=card["pooling"]))
+    self._score_groups = jax.jit(functools.partial(heads.continuation_scores, cfg=cfg),
+                                 static_argnames="group_size")
 
-  def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-    """[B] float32 scores; batches are padded to batch_size so one program serves every call."""
+  def score(self, prompts: Sequence[str], responses: Sequence[str],
+            group_size: int = 1) -> np.ndarray:
+    """[B] float32 scores; batches are padded to batch_size rows so one program serves every call.
+
+    group_size=G > 1 says the rows come in groups of G responses to one prompt (a rollout): a
+    causal backbone then reads each prompt once per group (`heads.continuation_scores`), with the
+    same scores as G separate passes.
+    """
+    g = group_size if self.scorer.shares_prompts else 1
+    if len(prompts) % g:
+      raise ValueError(f"RewardModel.score: {len(prompts)} rows are not whole groups of {g}")
+    rows = max(g, self.batch_size // g * g)
     out = []
-    for start in range(0, len(prompts), self.batch_size):
-      p = list(prompts[start:start + self.batch_size])
-      r = list(responses[start:start + self.batch_size])
+    for start in range(0, len(prompts), rows):
+      p = list(prompts[start:start + rows])
+      r = list(responses[start:start + rows])
       n = len(p)
-      p, r = p + [p[-1]] * (self.batch_size - n), r + [r[-1]] * (self.batch_size - n)
-      ids, mask = self.scorer.tokenize(self.tok, p, r)
-      out.append(np.asarray(self._score(self.params, tokens=ids, mask=mask))[:n])
+      p, r = p + [p[-1]] * (rows - n), r + [r[-1]] * (rows - n)  # whole groups stay whole
+      if g == 1:
+        ids, mask = self.scorer.tokenize(self.tok, p, r)
+        scores = self._score(self.params, tokens=ids, mask=mask)
+      else:
+        (p_ids, p_mask), (r_ids, r_mask) = self.scorer.tokenize_parts(self.tok, p[::g], r)
+        scores = self._score_groups(self.params, prompt_ids=np.repeat(p_ids, g, 0),
+                                    prompt_mask=np.repeat(p_mask, g, 0), ids=r_ids, mask=r_mask,
+                                    group_size=g)
+      out.append(np.asarray(scores)[:n])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
@@ -182,6 +211,6 @@ def as_reward(model: RewardModel, on_invalid: float | None = None):
 
   def reward(batch):
     completions, valid = valid_texts(batch.completions)
-    scores = model.score(batch.prompts, completions)
+    scores = model.score(batch.prompts, completions, group_size=batch.group_size)
     return to_rewards(scores, valid, on_invalid)
   return reward

@@ -31,7 +31,14 @@ class Rollout:
   comp_mask: np.ndarray
   logprobs: np.ndarray  # [R, N] policy log-probs at sampling time
   row_prompt: np.ndarray  # [R] index of the prompt each row came from
+  prompt_group: int = 1  # rows per prompt that later passes read the prompt once for
   completions: list[str] = dataclasses.field(default_factory=list)
+
+
+def prompt_group(rl_config) -> int:
+  """How many rows share one prompt pass in training and scoring: rl.group_size, or 1 with
+  rl.share_prefix off (every row its own [P + N] sequence: the reference path)."""
+  return rl_config.group_size if rl_config.share_prefix else 1
 
 
 # reward_fn(rollout) -> (rewards [R] float32, valid [R] bool, per-term means for logging)
@@ -62,7 +69,8 @@ def generate(spec: policy.PolicySpec, trainable: Any, frozen: Any, prompt_ids: n
   n = buckets.width(int(out.mask.sum(-1).max(initial=1)), rl_config.max_new_tokens)
   return Rollout(prompt_ids=np.repeat(prompt_ids, g, 0), prompt_mask=np.repeat(prompt_mask, g, 0),
                  comp_ids=out.tokens[:, :n], comp_mask=out.mask[:, :n],
-                 logprobs=out.logprobs[:, :n], row_prompt=np.repeat(np.arange(len(prompt_ids)), g))
+                 logprobs=out.logprobs[:, :n], row_prompt=np.repeat(np.arange(len(prompt_ids)), g),
+                 prompt_group=prompt_group(rl_config))
 
 
 def text_reward_fn(reward, tokenizer, prompts: Sequence[str],
@@ -75,7 +83,8 @@ def text_reward_fn(reward, tokenizer, prompts: Sequence[str],
     rows = rollout.row_prompt
     batch = RewardBatch(prompts=[prompts[i] for i in rows], completions=rollout.completions,
                         completion_ids=rollout.comp_ids, completion_mask=rollout.comp_mask,
-                        columns={k: [v[i] for i in rows] for k, v in columns.items()})
+                        columns={k: [v[i] for i in rows] for k, v in columns.items()},
+                        group_size=rollout.prompt_group)
     values, terms = reward.evaluate(batch) if hasattr(reward, "evaluate") else (reward(batch), {})
     values, valid = adv_lib.rewards_to_arrays(
         [None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
