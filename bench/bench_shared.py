@@ -1,4 +1,4 @@
-r"""The RL update phase with each prompt once per group (rl.share_prefix) vs G full sequences.
+r"""The RL update phase with each prompt once per group (rollout.share_prefix) vs G full rows.
 
   .venv/bin/python -m bench.bench_shared --rounds=3 --steps=2
 
@@ -46,7 +46,7 @@ def _batch(config, task, tok, step: int, seed: int = 0) -> dict:
 
   from jaxprof.trainers import common, policy
 
-  rl = config.rl
+  rl = config.rollout
   rows = task.rl_rows("train")
   idx = common.Batcher(len(rows), rl.prompts_per_step, config.seed).indices(step)
   prompts = [policy.format_prompt(tok, task.prompt(rows[i])) for i in idx]
@@ -66,7 +66,7 @@ def _worker(system: str, shared: bool) -> dict:
   import jax
   import numpy as np
 
-  from jaxprof import parallel, tasks
+  from jaxprof import parallel, systems
   from jaxprof.models import heads
   from jaxprof.trainers import common, grpo, policy, ppo, rollout
 
@@ -74,37 +74,37 @@ def _worker(system: str, shared: bool) -> dict:
   from configs import girl, langptune  # noqa: I001 (this checkout's configs)
 
   config = {"girl": girl, "langptune": langptune}[system].get_config()
-  rl = config.rl
+  rl, ro_cfg = config.rl, config.rollout
   assert rl.algo == _ALGO[system], rl.algo
-  rl.share_prefix = shared
-  task = tasks.get(config)
+  ro_cfg.share_prefix = shared
+  task = systems.get(config)
   mesh = parallel.make_mesh(data=1)
   cfg, params, tok = policy.load(config.model, seed=config.seed)
   spec = policy.spec_from_config(cfg, config.model)
   trainable, frozen, axes = policy.init_trainable(spec, params, config.model, jax.random.key(1))
-  g = rollout.prompt_group(rl)
+  g = rollout.prompt_group(ro_cfg)
   tx = common.make_optimizer(rl.optim)
   pol, pol_sh = common.create_state(trainable, axes, tx, mesh, config.mesh.rules)
   ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, g))
-  minibatches = lambda n, rng: rollout.minibatches(n, rl.num_minibatches, rng, rl.group_size)
+  minibatches = lambda n, rng: rollout.minibatches(n, rl.num_minibatches, rng,
+                                                   ro_cfg.group_size)
   state = {"policy": pol}
   if rl.algo == "grpo":
     update = common.jit_update(common.make_update(
-        functools.partial(grpo.grpo_loss, spec, rl, False), tx, 1, "rl"), pol_sh)
-    epochs = rl.num_iterations
+        functools.partial(grpo.grpo_loss, spec, config, False), tx, 1, "rl"), pol_sh)
   else:  # PPO: policy and a critic on the first layers of the policy (GIRL: the RM's backbone)
-    n_layers = int(config.reward_model.backbone.split(":")[1])
+    n_layers = int(config.reward_model.backbone.split(":")[1])  # the RM's: ppo.critic_init
     ccfg_params, ccfg = heads.truncate_layers(params, cfg, n_layers)
     critic = {"backbone": ccfg_params, "head": heads.init_head(jax.random.key(2), cfg.hidden_size)}
     ctx = common.make_optimizer(rl.optim)
     state["critic"], crit_sh = common.create_state(critic, heads.scored_model_axes(ccfg), ctx,
                                                    mesh, config.mesh.rules)
     update = common.jit_update(common.make_update(
-        functools.partial(ppo.policy_loss_fn, spec, rl), tx, 1, "rl"), pol_sh)
+        functools.partial(ppo.policy_loss_fn, spec, config), tx, 1, "rl"), pol_sh)
     update_critic = common.jit_update(common.make_update(
-        functools.partial(ppo.critic_loss_fn, ccfg, rl, spec.remat), ctx, 1, "critic"), crit_sh)
+        functools.partial(ppo.critic_loss_fn, ccfg, config, spec.remat), ctx, 1, "critic"),
+        crit_sh)
     values_fn = jax.jit(functools.partial(ppo.critic_values, ccfg, g, False))
-    epochs = rl.ppo_epochs
 
   def update_phase(batch: dict, step: int) -> None:
     batch = dict(batch)
@@ -113,7 +113,7 @@ def _worker(system: str, shared: bool) -> dict:
     if rl.algo == "ppo":
       batch["old_values"] = np.asarray(values_fn(state["critic"].params, sharded))
     rng = np.random.default_rng(step)
-    for _ in range(epochs):
+    for _ in range(rl.epochs):
       for rows in minibatches(len(batch["advantages"]), rng):
         mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
         state["policy"], m = update(state["policy"], frozen, mb, jax.random.key(step))
@@ -136,8 +136,8 @@ def _worker(system: str, shared: bool) -> dict:
   n = b["comp_ids"].shape[1]
   return {"seconds": statistics.median(times), "times": times,
           "positions": (r // g) * p + r * (n - 1) if g > 1 else r * (p + n - 1),
-          "shape": {"rows": r, "group": rl.group_size, "prompt": p, "completion": n,
-                    "real_prompt_tokens": int(b["prompt_mask"][::rl.group_size].sum())},
+          "shape": {"rows": r, "group": ro_cfg.group_size, "prompt": p, "completion": n,
+                    "real_prompt_tokens": int(b["prompt_mask"][::ro_cfg.group_size].sum())},
           **workers.memory()}
 
 

@@ -37,14 +37,14 @@ def _worker() -> dict:
   import jax
   import numpy as np
 
-  from jaxprof import parallel, tasks
+  from jaxprof import parallel, systems
   from jaxprof.trainers import common, policy, reward_model, sft
 
   sys.path.insert(0, str(pathlib.Path.cwd()))
   from configs import girl  # noqa: I001 (the checkout's own configs)
 
   config = girl.get_config()
-  task = tasks.get(config)
+  task = systems.get(config)
   mesh = parallel.make_mesh(data=1)
   import jaxprof
 

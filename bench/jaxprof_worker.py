@@ -47,10 +47,10 @@ class _Reward:
 
 def main(_: list[str]) -> None:
   proto = workers.Protocol()
-  config = config_lib.run_config(seed=0)
-  config.rl = config_lib.rl_config(algo=FLAGS.algo, steps=10_000, prompts_per_step=FLAGS.prompts,
-                                   group_size=FLAGS.group, max_new_tokens=FLAGS.new_tokens,
-                                   lr=1e-6, kl_coef=0.04)
+  config = config_lib.run_config("none", seed=0)
+  config_lib.rl_sections(config, FLAGS.algo, steps=10_000, lr=1e-6, kl_coef=0.04,
+                         prompts_per_step=FLAGS.prompts, group_size=FLAGS.group,
+                         max_new_tokens=FLAGS.new_tokens, max_prompt_len=256)
   config.mesh.data = 1
   lm = api.load_lm()
   tok = lm.tokenizer
@@ -66,16 +66,15 @@ def main(_: list[str]) -> None:
     ids, mask = policy.encode_prompts(tok, [prompts[i] for i in idx], 256)
     return ids, mask, rollout.text_reward_fn(reward, tok, [prompts[i] for i in idx], {})
 
-  args = (config, spec, lm.params, {}, lm.params, causal_lm.param_axes(lm.cfg))
-  no_eos = (-1,)
+  no_eos = (-1,)  # every completion runs to --new_tokens
+  start = policy.Start(spec, lm.params, {}, lm.params, causal_lm.param_axes(lm.cfg), tok, no_eos)
   if FLAGS.algo == "grpo":
-    state, one_step = grpo.build(*args, prompt_batch, no_eos, tok.pad_id, mesh)
+    state, one_step = grpo.build(config, start, prompt_batch, mesh)
   else:
     critic_params, critic_cfg = heads.truncate_layers(lm.params, lm.cfg, FLAGS.critic_layers)
     critic = {"backbone": critic_params,
               "head": heads.init_head(jax.random.key(3), critic_cfg.hidden_size)}
-    state, one_step = ppo.build(*args, critic_cfg, critic, prompt_batch, no_eos, tok.pad_id,
-                                mesh)
+    state, one_step = ppo.build(config, start, ppo.Critic(critic_cfg, critic), prompt_batch, mesh)
   proto.emit({"event": "info", "jax": jax.__version__, "devices": len(jax.devices()),
               "algo": FLAGS.algo, "remat": FLAGS.remat, "compute_dtype": FLAGS.compute_dtype,
               "prompt_tokens": [int(len(tok.encode(p, add_special_tokens=False)))

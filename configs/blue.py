@@ -16,11 +16,11 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, tiny=False, seed=0, lora=0)
-  config = common.run_config(arg.seed)
+  config = common.run_config("blue", arg.seed)
   config.stages = ("grpo", "eval")
   config.data = common.movielens_data(arg.seed)
   config.model = common.model_config("packaged", lora_rank=arg.lora)
-  config.rl = common.profile_rl_config()
+  common.profile_rl(config)
   config.rewards = dict(
       contrastive=common.reward("embedding_contrastive", 1.0, encoder="@encoder",
                                 item_texts="@item_texts", temperature=0.05, num_negatives=31,

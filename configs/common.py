@@ -169,41 +169,66 @@ def reward_model_config(steps: int = 200, batch_size: int = 8, lr: float = 5e-5,
                          weight_decay=0.01)))
 
 
-def rl_config(algo: str = "grpo", steps: int = 100, prompts_per_step: int = 4,
-              group_size: int = 8, max_new_tokens: int = 64, lr: float = 1e-6,
-              kl_coef: float = 0.04, max_prompt_len: int = 256) -> ml_collections.ConfigDict:
-  """RL section shared by GRPO and PPO (fields the other algorithm ignores are harmless)."""
+def rollout_config(prompts_per_step: int = 4, group_size: int = 8, max_new_tokens: int = 64,
+                   max_prompt_len: int = 256) -> ml_collections.ConfigDict:
+  """RL prompts and sampling, shared by PPO and GRPO."""
   return ml_collections.ConfigDict(dict(
-      algo=algo, total_steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
-      max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
-      temperature=1.0, top_k=0, top_p=1.0,
+      prompts_per_step=prompts_per_step, group_size=group_size, max_prompt_len=max_prompt_len,
+      max_new_tokens=max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
       # Each prompt once per group in training and scoring (policy, reference, critic, reward
       # model): the G completions attend to one prompt pass. False: G full sequences (the
       # reference path the shared one is tested against).
-      share_prefix=True,
+      share_prefix=True))
+
+
+def rl_config(algo: str = "grpo", steps: int = 100, lr: float = 1e-6, kl_coef: float = 0.04
+              ) -> ml_collections.ConfigDict:
+  """The clipped policy update PPO and GRPO share (each algorithm's own fields: ppo_config,
+  grpo_config). epochs: passes over each rollout (PPO's epochs, GRPO's mu)."""
+  return ml_collections.ConfigDict(dict(
+      algo=algo, total_steps=steps, epochs=2 if algo == "ppo" else 1, num_minibatches=1,
       # Policy loss: separate clip bounds (DAPO-style clip-higher), optional dual clip.
       eps_low=0.2, eps_high=0.28, dual_clip=0.0, ratio_level="token", agg_mode="token_mean",
-      num_iterations=1, num_minibatches=1,
       # KL to the frozen reference: in the loss (GRPO, k3) or in the reward (PPO, k1).
-      kl_coef=kl_coef, kl_estimator="k3" if algo == "grpo" else "k1", kl_target=0.0,
-      kl_horizon=10000,
-      # GRPO group advantages.
-      advantage="grpo", std_ddof=0, adv_eps=1e-6, adv_scale="",
-      # PPO: critic, GAE, value loss.
-      critic_init="reward_model", gamma=1.0, lam=0.95, value_clip=0.2, critic_lr=1e-5,
-      ppo_epochs=2, whiten_advantages=True, entropy_coef=0.0,
+      kl_coef=kl_coef, kl_estimator="k3" if algo == "grpo" else "k1",
       optim=optim_config(lr=lr, warmup=0, total_steps=steps, schedule="constant",
                          clip_norm=1.0)))
 
 
-def run_config(seed: int = 0) -> ml_collections.ConfigDict:
-  """Top-level fields every system config has."""
+def ppo_config(critic_init: str = "reward_model") -> ml_collections.ConfigDict:
+  """PPO's own fields: the critic, GAE, the value loss, the adaptive KL coefficient."""
   return ml_collections.ConfigDict(dict(
-      seed=seed, mesh=mesh_config(), checkpoint=checkpoint_config(every=50, keep=2),
-      log=log_config(every=10), max_nonfinite=5,
-      eval=dict(num_examples=32, batch_size=8, temperature=0.0, num_samples_shown=8,
-                # GIRL Tables III/IV: rows of rec_train to generate JDs for (0 = skip).
-                enhanced_rec_rows=0, enhanced_rec_samples=2)))
+      critic_init=critic_init, critic_lr=1e-5, gamma=1.0, lam=0.95, value_clip=0.2,
+      whiten_advantages=True, entropy_coef=0.0, kl_target=0.0, kl_horizon=10000))
+
+
+def grpo_config(advantage: str = "grpo") -> ml_collections.ConfigDict:
+  """GRPO's own fields: how rewards in a group become advantages."""
+  return ml_collections.ConfigDict(dict(advantage=advantage, std_ddof=0, adv_eps=1e-6,
+                                        adv_scale=""))
+
+
+def rl_sections(config: ml_collections.ConfigDict, algo: str, *, steps: int, lr: float,
+                kl_coef: float, prompts_per_step: int, group_size: int, max_new_tokens: int,
+                max_prompt_len: int) -> None:
+  """Adds config.rollout, config.rl and the section of `algo` (only that one: a key of the other
+  algorithm is then an unknown key, and the error names it)."""
+  config.rollout = rollout_config(prompts_per_step, group_size, max_new_tokens, max_prompt_len)
+  config.rl = rl_config(algo, steps, lr, kl_coef)
+  config[algo] = ppo_config() if algo == "ppo" else grpo_config()
+
+
+def run_config(system: str, seed: int = 0) -> ml_collections.ConfigDict:
+  """Top-level fields every system config has. `system` names its jaxprof/systems module.
+
+  eval.evaluators: evaluator name -> its keyword arguments (jaxprof/evaluation); "held_out"
+  scores each policy's completions of eval.num_examples held-out prompts by reward and truth.
+  """
+  return ml_collections.ConfigDict(dict(
+      system=system, seed=seed, mesh=mesh_config(),
+      checkpoint=checkpoint_config(every=50, keep=2), log=log_config(every=10), max_nonfinite=5,
+      eval=dict(num_examples=32, batch_size=8, temperature=0.0,
+                evaluators=dict(held_out=dict(samples_shown=8)))))
 
 
 def shrink_for_tests(config: ml_collections.ConfigDict) -> None:
@@ -226,10 +251,10 @@ def shrink_for_tests(config: ml_collections.ConfigDict) -> None:
     config.sft.max_target_len = 48
   config.rl.total_steps = 3
   config.rl.optim.total_steps = 3
-  config.rl.prompts_per_step = 2
-  config.rl.group_size = 2
-  config.rl.max_new_tokens = 8
-  config.rl.max_prompt_len = 96
+  config.rollout.prompts_per_step = 2
+  config.rollout.group_size = 2
+  config.rollout.max_new_tokens = 8
+  config.rollout.max_prompt_len = 96
 
 
 def reward(name: str, weight: float, **kwargs) -> ml_collections.ConfigDict:
@@ -246,7 +271,7 @@ def movielens_data(seed: int, max_history: int = 20) -> ml_collections.ConfigDic
                                         max_history=max_history, include_skipped=False, sizes={}))
 
 
-def profile_rl_config() -> ml_collections.ConfigDict:
+def profile_rl(config: ml_collections.ConfigDict) -> None:
   """GRPO for history -> profile writing on CPU: 4 users x 4 profiles of up to 64 tokens."""
-  return rl_config(algo="grpo", steps=20, prompts_per_step=4, group_size=4, max_new_tokens=64,
-                   lr=2e-6, kl_coef=0.04, max_prompt_len=512)
+  rl_sections(config, "grpo", steps=20, lr=2e-6, kl_coef=0.04, prompts_per_step=4, group_size=4,
+              max_new_tokens=64, max_prompt_len=512)

@@ -19,7 +19,7 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, algo="ppo", tiny=False, seed=0, lora=0)
-  config = common.run_config(arg.seed)
+  config = common.run_config("girl", arg.seed)
   config.stages = ("sft", "reward_model", arg.algo, "eval")
 
   config.data = ml_collections.ConfigDict(dict(
@@ -37,20 +37,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                    backbone="policy:6")
   config.reward_model.max_prompt_len = 224
   config.reward_model.max_response_len = 128
-  config.rl = common.rl_config(algo=arg.algo, steps=6, prompts_per_step=4,
-                               group_size=2 if arg.algo == "ppo" else 4, max_new_tokens=64,
-                               lr=2e-6, kl_coef=0.05 if arg.algo == "ppo" else 0.04,
-                               max_prompt_len=224)
+  common.rl_sections(config, arg.algo, steps=6, lr=2e-6,
+                     kl_coef=0.05 if arg.algo == "ppo" else 0.04, prompts_per_step=4,
+                     group_size=2 if arg.algo == "ppo" else 4, max_new_tokens=64,
+                     max_prompt_len=224)
   config.eval.num_examples = 16
-  config.eval.enhanced_rec_rows = 32  # GIRL Tables III/IV on a CPU-sized slice (noisy)
-  config.rl.critic_init = "reward_model"
+  # GIRL Tables III/IV (jaxprof/systems/girl.py) on a CPU-sized slice of each rec split (noisy).
+  config.eval.evaluators.enhanced_rec = dict(rows=32, samples=2)
+  if arg.algo == "ppo":
+    config.ppo.critic_init = "reward_model"  # the critic starts from the trained reward model
   # The trained reward model, plus a mild length term so JDs stay JD-sized.
   config.rewards = dict(
       reward_model=common.reward("trained_reward_model", 1.0, model="@reward_model"),
       length=common.reward("length_penalty", 0.1, target_tokens=80, scale=1.0))
   if arg.tiny:
     common.shrink_for_tests(config)
-    config.eval.enhanced_rec_rows = 16
+    config.eval.evaluators.enhanced_rec.rows = 16
     config.data.sizes.update(dict(num_seekers=40, num_cold_seekers=10, num_postings=60, sft=16,
                                   reward_model=16, rl=8, rec_train=16, rec_val=16, rec_test=16,
                                   cold_start_test=16, candidates=4))

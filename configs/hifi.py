@@ -21,14 +21,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, tiny=False, seed=0, reward="pointwise", lora=0)
   if arg.reward not in ("pointwise", "listwise"):
     raise ValueError(f"hifi reward={arg.reward!r}; expected pointwise or listwise")
-  config = common.run_config(arg.seed)
+  config = common.run_config("hifi", arg.seed)
   config.stages = ("grpo", "eval")
   config.data = ml_collections.ConfigDict(dict(
       name="member_sources", seed=arg.seed, data_dir="", max_history=30, include_skipped=False,
       sizes=dict(num_members=300, test_members=60, num_postings=800, events=12, future=4)))
   config.model = common.model_config("packaged", lora_rank=arg.lora)
-  config.rl = common.rl_config(algo="grpo", steps=20, prompts_per_step=4, group_size=4,
-                               max_new_tokens=160, lr=2e-6, kl_coef=0.04, max_prompt_len=512)
+  common.rl_sections(config, "grpo", steps=20, lr=2e-6, kl_coef=0.04, prompts_per_step=4,
+                     group_size=4, max_new_tokens=160, max_prompt_len=512)
   config.rewards = dict(
       engagement=common.reward(f"engagement_{arg.reward}", 1.0, model="@engagement_model"),
       length=common.reward("length_penalty", 0.2, target_tokens=150, scale=1.0),

@@ -19,11 +19,11 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, tiny=False, seed=0, metric="ndcg", lora=0)
-  config = common.run_config(arg.seed)
+  config = common.run_config("langptune", arg.seed)
   config.stages = ("grpo", "eval")
   config.data = common.movielens_data(arg.seed)
   config.model = common.model_config("packaged", lora_rank=arg.lora)
-  config.rl = common.profile_rl_config()
+  common.profile_rl(config)
   config.rewards = dict(
       ranking=common.reward("retrieval_ranking", 1.0, encoder="@encoder",
                             item_texts="@item_texts", metric=arg.metric, k=10))

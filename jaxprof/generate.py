@@ -17,7 +17,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxprof import api, stages, tasks
+from jaxprof import api, stages, systems
 from jaxprof.trainers import policy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "System config (prompts from its data).")
@@ -37,9 +37,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("give --prompt=... or --config=configs/<system>.py")
   lm = api.load_lm(_MODEL.value)
   if _CONFIG.value is not None:
-    task = tasks.get(_CONFIG.value)
-    rows = task.rl_rows("eval")[:_NUM.value]
-    messages = [task.prompt(r) for r in rows]
+    system = systems.get(_CONFIG.value)
+    rows = system.rl_rows("eval")[:_NUM.value]
+    messages = [system.prompt(r) for r in rows]
   else:
     messages = [[{"role": "user", "content": p}] for p in _PROMPT.value]
   completions = lm.generate(messages, max_new_tokens=_MAX_NEW.value,

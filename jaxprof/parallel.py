@@ -9,6 +9,8 @@ than failing, and `sharded_fraction` reports how much actually got sharded.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Mapping, Sequence
 
@@ -22,24 +24,29 @@ BATCH_AXES = ("data", "fsdp")  # a batch is split over every data-parallel repli
 
 Rules = Mapping[str, str | tuple[str, ...] | None]
 
+# Activations ("act_*" names, `constrain`): the batch is split over every data-parallel replica,
+# in every preset; the residual stream's length and width stay whole on each device.
+ACTIVATION_RULES: Rules = {"act_batch": BATCH_AXES, "act_length": None, "act_embed": None}
+
 RULE_PRESETS: dict[str, Rules] = {
     # Pure data parallelism: every param replicated.
-    "dp": {},
+    "dp": {**ACTIVATION_RULES},
     # ZeRO-3 style: params and optimizer state split over fsdp along the model width.
-    "fsdp": {"embed": "fsdp"},
+    "fsdp": {**ACTIVATION_RULES, "embed": "fsdp"},
     # fsdp plus Megatron-style tensor parallelism on heads, MLP width and vocabulary.
-    "fsdp_tp": {"embed": "fsdp", "mlp": "tensor", "heads": "tensor", "kv_heads": "tensor",
-                "vocab": "tensor"},
+    "fsdp_tp": {**ACTIVATION_RULES, "embed": "fsdp", "mlp": "tensor", "heads": "tensor",
+                "kv_heads": "tensor", "vocab": "tensor"},
 }
 
 
 def resolve_rules(rules: str | Rules | Sequence[tuple[str, str | None]]) -> dict:
-  """A preset name, a dict, or a list of (logical, mesh) pairs -> a dict of rules."""
+  """A preset name, a dict, or a list of (logical, mesh) pairs -> a dict of rules (a custom table
+  gets ACTIVATION_RULES for the names it does not set)."""
   if isinstance(rules, str):
     if rules not in RULE_PRESETS:
       raise ValueError(f"unknown sharding rules preset {rules!r}; presets: {sorted(RULE_PRESETS)}")
     return dict(RULE_PRESETS[rules])
-  rules = dict(rules)
+  rules = {**ACTIVATION_RULES, **dict(rules)}
   for logical, mesh_axes in rules.items():
     for axis in (mesh_axes,) if isinstance(mesh_axes, str) else (mesh_axes or ()):
       if axis not in MESH_AXES:
@@ -100,6 +107,32 @@ def param_shardings(axes: dict, shapes: dict, mesh: Mesh, rules: str | Rules = "
   return jax.tree.map(
       lambda ax, x: NamedSharding(mesh, logical_to_spec(ax, x.shape, mesh, rules)),
       axes, shapes, is_leaf=_is_axes)
+
+
+_ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, dict] | None] = contextvars.ContextVar(
+    "jaxprof_activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: str | Rules):
+  """Within this block, `constrain` pins activations to `mesh` by their logical names (functions
+  traced here, e.g. a jitted step's first call, carry the constraints in their program)."""
+  token = _ACTIVATIONS.set((mesh, resolve_rules(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATIONS.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """`x` with the sharding its logical `axes` map to (e.g. ("act_batch", "act_length",
+  "act_embed")), inside `activation_sharding`; unchanged outside it or on one device."""
+  active = _ACTIVATIONS.get()
+  if active is None or active[0].size == 1:
+    return x
+  mesh, rules = active
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, logical_to_spec(axes, x.shape, mesh, rules)))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -12,6 +12,7 @@ Also here: `atomic_write_text` / `atomic_write_json` (a reader never sees half a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -29,8 +30,23 @@ from absl import logging
 STAGE_NAMES = ("sft", "reward_model", "ppo", "grpo", "eval")
 DONE_FILE = "DONE.json"
 
-# A stage: (config, its own directory, outputs of earlier stages by name) -> its JSON-able outputs.
-StageFn = Callable[[Any, pathlib.Path, Mapping[str, Mapping[str, Any]]], Mapping[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What every stage of one run shares, built once by the entry point and passed to each stage.
+
+  config: the run's (locked) config; system: its paper's `jaxprof.systems.System`; mesh: the
+  device mesh every stage shards over.
+  """
+
+  config: Any
+  system: Any = None
+  mesh: Any = None
+
+
+# A stage: (context, its own directory, outputs of earlier stages by name) -> JSON-able outputs.
+StageFn = Callable[[Context, pathlib.Path, Mapping[str, Mapping[str, Any]]], Mapping[str, Any]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,7 +120,7 @@ def read_done(stage_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def run_stages(
-    config: Any,
+    ctx: Context,
     workdir: str | os.PathLike,
     registry: Mapping[str, StageFn],
     stages: Sequence[str] | None = None,
@@ -112,9 +128,9 @@ def run_stages(
   """Runs `stages` (default `config.stages`) in order, skipping the ones already complete.
 
   Args:
-    config: the run's config, passed unchanged to every stage.
+    ctx: the run's context, passed unchanged to every stage (`ctx.config.stages` lists them).
     workdir: the run's directory; stage `name` works in `workdir/name/`.
-    registry: stage name -> function `(config, stage_dir, inputs) -> outputs`, where `inputs`
+    registry: stage name -> function `(ctx, stage_dir, inputs) -> outputs`, where `inputs`
       maps each earlier stage's name to its outputs, and `outputs` is a JSON-able dict.
     stages: overrides `config.stages`.
 
@@ -124,6 +140,7 @@ def run_stages(
   Raises:
     StageError: unknown or repeated stage names (before any stage runs).
   """
+  config = ctx.config
   stages = check_stages(config.stages if stages is None else stages, registry)
   workdir = pathlib.Path(workdir)
   outputs: dict[str, dict[str, Any]] = {}
@@ -143,7 +160,7 @@ def run_stages(
     stage_dir.mkdir(parents=True, exist_ok=True)
     logging.info("Stage %r: %s in %s", name, "resuming" if resuming else "starting", stage_dir)
     start = time.time()
-    result = registry[name](config, stage_dir, dict(outputs))
+    result = registry[name](ctx, stage_dir, dict(outputs))
     result = dict(result or {})
     record = {
         "stage": name,

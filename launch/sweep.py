@@ -1,7 +1,7 @@
 r"""A grid sweep of flag overrides over one config, run one after another (or printed).
 
   python launch/sweep.py --config=configs/hifi.py --workdir=runs/hifi_sweep \
-      --grid="rl.kl_coef=0.01,0.04" --grid="rl.group_size=4,8" [--dry_run]
+      --grid="rl.kl_coef=0.01,0.04" --grid="rollout.group_size=4,8" [--dry_run]
 
 Each point gets its own workdir (named after its overrides) and the usual resume behaviour; the
 trainer never sees the sweep.

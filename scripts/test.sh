@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check jaxprof tests bench configs launch
+.venv/bin/lint-imports  # the layer order in pyproject.toml [tool.importlinter]
 set +e
 .venv/bin/python -m pytest -n 2 --durations=15 "$@"
 rc=$?

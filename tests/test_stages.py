@@ -55,7 +55,7 @@ class _Recorder:
     self.fail = fail
 
   def stage(self, name):
-    def run(config, stage_dir, inputs):
+    def run(ctx, stage_dir, inputs):
       self.calls.append((name, dict(inputs)))
       assert stage_dir.name == name and stage_dir.is_dir()
       (stage_dir / "progress.txt").write_text(name)
@@ -72,7 +72,7 @@ class _Recorder:
 def test_runs_in_order_and_passes_outputs(tmp_path):
   rec = _Recorder()
   config = _config(["sft", "reward_model", "ppo", "eval"])
-  out = stages.run_stages(config, tmp_path, rec.registry())
+  out = stages.run_stages(stages.Context(config), tmp_path, rec.registry())
   assert [c[0] for c in rec.calls] == ["sft", "reward_model", "ppo", "eval"]
   assert rec.calls[2][1] == {"sft": out["sft"], "reward_model": out["reward_model"]}
   assert out["eval"]["score"] == 3
@@ -84,18 +84,18 @@ def test_rerun_skips_done_and_resumes_crashed(tmp_path):
   config = _config(["sft", "reward_model", "ppo"])
   rec = _Recorder(fail="reward_model")
   with pytest.raises(RuntimeError, match="reward_model crashed"):
-    stages.run_stages(config, tmp_path, rec.registry())
+    stages.run_stages(stages.Context(config), tmp_path, rec.registry())
   assert (tmp_path / "sft" / "DONE.json").exists()
   assert not (tmp_path / "reward_model" / "DONE.json").exists()
   assert (tmp_path / "reward_model" / "progress.txt").exists()  # Its checkpoints stay.
 
   rec2 = _Recorder()
-  out = stages.run_stages(config, tmp_path, rec2.registry())
+  out = stages.run_stages(stages.Context(config), tmp_path, rec2.registry())
   assert [c[0] for c in rec2.calls] == ["reward_model", "ppo"]  # sft skipped.
   assert rec2.calls[0][1] == {"sft": out["sft"]}  # Recorded outputs still feed later stages.
 
   rec3 = _Recorder()
-  assert stages.run_stages(config, tmp_path, rec3.registry()) == out
+  assert stages.run_stages(stages.Context(config), tmp_path, rec3.registry()) == out
   assert rec3.calls == []
 
 
@@ -107,13 +107,14 @@ def test_rerun_skips_done_and_resumes_crashed(tmp_path):
 def test_bad_stage_names_fail_before_running(tmp_path, names, match):
   rec = _Recorder()
   with pytest.raises(stages.StageError, match=match):
-    stages.run_stages(_config(names), tmp_path, rec.registry())
+    stages.run_stages(stages.Context(_config(names)), tmp_path, rec.registry())
   assert rec.calls == [] and not any(tmp_path.iterdir())
 
 
 def test_explicit_stage_list_and_bare_string(tmp_path):
   rec = _Recorder()
-  stages.run_stages(_config(["sft", "ppo"]), tmp_path, rec.registry(), stages=["ppo"])
+  stages.run_stages(stages.Context(_config(["sft", "ppo"])), tmp_path, rec.registry(),
+                    stages=["ppo"])
   assert [c[0] for c in rec.calls] == ["ppo"]
   assert stages.check_stages("eval", {"eval": None}) == ("eval",)
 
@@ -122,7 +123,7 @@ def test_corrupt_done_file(tmp_path):
   (tmp_path / "sft").mkdir()
   (tmp_path / "sft" / "DONE.json").write_text("{oops")
   with pytest.raises(stages.StageError, match="DONE.json is not valid JSON"):
-    stages.run_stages(_config(["sft"]), tmp_path, _Recorder().registry())
+    stages.run_stages(stages.Context(_config(["sft"])), tmp_path, _Recorder().registry())
 
 
 # ------------------------------------------------------------------------------ non-finite
@@ -194,7 +195,7 @@ def _toy_stage(crash_at: int | None):
     return stages.select_if_finite(new, state, flags["train/loss"]), {
         "train/loss": jnp.sum(grad**2)}, flags
 
-  def run(config, stage_dir, inputs):
+  def run(ctx, stage_dir, inputs):
     state = {"w": jnp.arange(4.0), "step": jnp.int32(0)}
     rng = jax.random.key(0)
     ckpt = Checkpointer(stage_dir / "checkpoints", every=3, keep=2)
@@ -219,10 +220,10 @@ def _toy_stage(crash_at: int | None):
 
 def test_crash_and_resume_matches_uninterrupted_run(tmp_path):
   config = _config(["sft"])
-  clean = stages.run_stages(config, tmp_path / "clean", {"sft": _toy_stage(None)})
+  clean = stages.run_stages(stages.Context(config), tmp_path / "clean", {"sft": _toy_stage(None)})
   with pytest.raises(KeyboardInterrupt):
-    stages.run_stages(config, tmp_path / "crash", {"sft": _toy_stage(crash_at=8)})
-  resumed = stages.run_stages(config, tmp_path / "crash", {"sft": _toy_stage(None)})
+    stages.run_stages(stages.Context(config), tmp_path / "crash", {"sft": _toy_stage(crash_at=8)})
+  resumed = stages.run_stages(stages.Context(config), tmp_path / "crash", {"sft": _toy_stage(None)})
   assert resumed == clean  # Bitwise: floats compared exactly.
   lines = (tmp_path / "crash" / "sft" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["step"] for line in lines] == list(range(1, 11))

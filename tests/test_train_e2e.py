@@ -44,11 +44,14 @@ def test_girl_tiny_end_to_end(tmp_path, algo):
     assert "critic/explained_variance" in lines[-1]
   assert (tmp_path / algo / "export" / "model.safetensors").exists()
   results = json.loads((tmp_path / "eval" / "results.json").read_text())
-  assert set(results) == {"start", "rl", "enhanced_rec"}
-  assert "truth/oracle_match" in results["rl"]
+  assert set(results) == {"held_out", "enhanced_rec"}
+  assert set(results["held_out"]) == {"start", "rl"}
+  assert "truth/oracle_match" in results["held_out"]["rl"]
   assert {"plain/mlp", "plain/dot", "rl/mlp", "start/dot"} <= set(results["enhanced_rec"])
   assert "cold_start_test/auc" in results["enhanced_rec"]["rl/mlp"]
-  assert (tmp_path / "eval" / "report.md").exists() and (tmp_path / "eval" / "rewards.png").exists()
+  assert (tmp_path / "eval" / "report.md").exists()
+  assert (tmp_path / "eval" / "held_out.png").exists()
+  assert (tmp_path / "eval" / "enhanced_rec.png").exists()
   # Re-running the same command skips every completed stage.
   again = train(f"configs/girl.py:tiny,algo={algo}", tmp_path)
   assert again.stderr.count("already complete") == 4
@@ -61,7 +64,7 @@ def test_grpo_systems_tiny_end_to_end(tmp_path, system):
   lines = assert_stage_outputs(tmp_path, "grpo", 3)
   assert any(k.startswith("reward/") and k not in ("reward/mean", "reward/std")
              for k in lines[-1])
-  assert json.loads((tmp_path / "eval" / "results.json").read_text())["rl"]
+  assert json.loads((tmp_path / "eval" / "results.json").read_text())["held_out"]["rl"]
 
 
 def test_mistyped_key_names_the_nearest(tmp_path):

@@ -11,9 +11,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxprof.models import layers
 from jaxprof.models.cache import KVCache, Prefix
+from jaxprof.models.hf import CheckpointError, Rule
 from jaxprof.models.layers import ParamSpec
 
 
@@ -112,3 +114,85 @@ def forward(params: dict, cfg: GPT2Config, tokens: jax.Array, mask: jax.Array,
 def unembedding(params: dict, cfg: GPT2Config) -> jax.Array:
   del cfg
   return params["embed"].T
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face checkpoints: config.json and the tensor rename table (loader: hf.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def config_from_hf(hf: dict, source: str = "config.json") -> GPT2Config:
+  """Our config from a GPT-2 config.json; errors name the unsupported field."""
+  act = hf.get("activation_function", "gelu_new")
+  if act not in ("gelu_new", "gelu_pytorch_tanh"):
+    raise CheckpointError(f"{source}: unsupported GPT-2 activation_function {act!r}")
+  return GPT2Config(vocab_size=hf["vocab_size"], hidden_size=hf["n_embd"],
+                    num_layers=hf["n_layer"], num_heads=hf["n_head"],
+                    max_position_embeddings=hf["n_positions"],
+                    intermediate_size=hf.get("n_inner"),
+                    layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+
+
+def config_to_hf(cfg: GPT2Config) -> dict:
+  """The config.json `transformers` needs to rebuild the same model."""
+  return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+          "vocab_size": cfg.vocab_size, "n_embd": cfg.hidden_size, "n_layer": cfg.num_layers,
+          "n_head": cfg.num_heads, "n_positions": cfg.max_position_embeddings,
+          "n_inner": cfg.intermediate_size, "layer_norm_epsilon": cfg.layer_norm_eps,
+          "activation_function": "gelu_new", "tie_word_embeddings": True}
+
+
+def hf_rules(cfg: GPT2Config) -> list[Rule]:
+  """HF tensor name and layout of every param (after `hf_tensors_in` splits c_attn)."""
+  # c_attn is split into q/k/v by `hf_tensors_in` before the table applies. HF GPT-2 uses Conv1D,
+  # whose weights are already [in, out].
+  d, n, h = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+  heads = dict(to_ours=lambda w: w.reshape(d, n, h), to_hf=lambda w: w.reshape(d, n * h))
+  heads_bias = dict(to_ours=lambda b: b.reshape(n, h), to_hf=lambda b: b.reshape(n * h))
+  blk = "h.{i}"
+  rules = [Rule("embed", "wte.weight"), Rule("pos_embed", "wpe.weight"),
+           Rule("final_norm/scale", "ln_f.weight"), Rule("final_norm/bias", "ln_f.bias"),
+           Rule("layers/o", f"{blk}.attn.c_proj.weight", to_ours=lambda w: w.reshape(n, h, d),
+                to_hf=lambda w: w.reshape(n * h, d)),
+           Rule("layers/o_bias", f"{blk}.attn.c_proj.bias"),
+           Rule("layers/fc", f"{blk}.mlp.c_fc.weight"),
+           Rule("layers/fc_bias", f"{blk}.mlp.c_fc.bias"),
+           Rule("layers/proj", f"{blk}.mlp.c_proj.weight"),
+           Rule("layers/proj_bias", f"{blk}.mlp.c_proj.bias")]
+  for ln in ("ln_1", "ln_2"):
+    ours = "ln1" if ln == "ln_1" else "ln2"
+    rules += [Rule(f"layers/{ours}/scale", f"{blk}.{ln}.weight"),
+              Rule(f"layers/{ours}/bias", f"{blk}.{ln}.bias")]
+  for x in "qkv":
+    rules += [Rule(f"layers/{x}", f"{blk}.attn.c_attn_{x}.weight", **heads),
+              Rule(f"layers/{x}_bias", f"{blk}.attn.c_attn_{x}.bias", **heads_bias)]
+  return rules
+
+
+def hf_tensors_in(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """HF tensors -> the names `hf_rules` reads: c_attn split into q, k, v."""
+  out = {}
+  for name, w in tensors.items():
+    name = name.removeprefix("transformer.")
+    if name.endswith(".attn.c_attn.weight") or name.endswith(".attn.c_attn.bias"):
+      stem, kind = name.rsplit(".", 1)
+      for x, part in zip("qkv", np.split(w, 3, axis=-1), strict=True):
+        out[f"{stem}_{x}.{kind}"] = part
+    elif name != "lm_head.weight":  # GPT-2's head is always tied to wte
+      out[name] = w
+  return out
+
+
+def hf_tensors_out(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The inverse of `hf_tensors_in`, for export."""
+  out = {}
+  for name, w in tensors.items():
+    if ".attn.c_attn_" in name:
+      stem, kind = name.rsplit(".", 1)
+      if stem.endswith("_q"):
+        base = stem[:-2]
+        parts = [tensors[f"{base}_{x}.{kind}"] for x in "qkv"]
+        out[f"transformer.{base}.{kind}"] = np.concatenate(parts, axis=-1)
+    else:
+      out[f"transformer.{name}"] = w
+  return out

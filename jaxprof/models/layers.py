@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from jaxprof import parallel
+
 Params = dict
 Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
 
@@ -273,6 +275,9 @@ def remat_policy(remat: bool | str):
 Block = Callable[[jax.Array, dict, Callable], tuple[jax.Array, Any]]
 
 
+HIDDEN_AXES = ("act_batch", "act_length", "act_embed")  # the residual stream [B, T, D]
+
+
 def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=None, prefix=None,
                 remat: bool | str = False):
   """Runs `block` over the stacked layers; the block never sees how keys are stored.
@@ -293,6 +298,7 @@ def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=N
   if cache is None:
     def body(x, layer):
       p, k_layer, v_layer = layer
+      x = parallel.constrain(x, HIDDEN_AXES)  # each device keeps its rows of the batch
 
       def attention(q, k, v):
         return attend(q, k, v, ctx.visible, shared(k_layer, v_layer)), (k, v)
@@ -305,6 +311,7 @@ def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=N
   def cached_body(carry, layer):
     x, k_all, v_all = carry
     p, i, k_layer, v_layer = layer
+    x = parallel.constrain(x, HIDDEN_AXES)
 
     def attention(q, k, v):
       k_new, v_new, k_read, v_read = write_kv(k_all, v_all, i, k, v, ctx.index)

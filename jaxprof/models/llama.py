@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from jaxprof.models import layers
 from jaxprof.models.cache import KVCache, Prefix
+from jaxprof.models.hf import CheckpointError, Rule, transpose
 from jaxprof.models.layers import ParamSpec, RopeConfig
 
 
@@ -126,3 +127,97 @@ def forward(params: dict, cfg: LlamaConfig, tokens: jax.Array, mask: jax.Array,
 def unembedding(params: dict, cfg: LlamaConfig) -> jax.Array:
   """[D, V] output projection (the transposed embedding when tied)."""
   return params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face checkpoints: config.json and the tensor rename table (loader: hf.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def _rope_from_hf(hf: dict) -> RopeConfig:
+  params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+  theta = params.get("rope_theta", hf.get("rope_theta", 10_000.0))
+  kind = params.get("rope_type", params.get("type", "default"))
+  return RopeConfig(
+      theta=float(theta), kind=kind, factor=float(params.get("factor", 1.0)),
+      low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+      high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+      original_max_position=int(params.get("original_max_position_embeddings", 8192)))
+
+
+def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
+  """Our config from a Llama / Mistral / Qwen2 config.json; errors name the unsupported field."""
+  model_type = hf.get("model_type")
+  for flag in ("mlp_bias", "use_sliding_window"):
+    if hf.get(flag):
+      raise CheckpointError(f"{source}: {flag}=true is not supported")
+  if model_type != "qwen2" and hf.get("attention_bias"):
+    raise CheckpointError(f"{source}: attention_bias=true (bias on o_proj too) is not supported")
+  if hf.get("hidden_act", "silu") != "silu":
+    raise CheckpointError(f"{source}: unsupported hidden_act {hf['hidden_act']!r}; expected silu")
+  heads = hf["num_attention_heads"]
+  return LlamaConfig(
+      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+      num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads, rope=_rope_from_hf(hf),
+      rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", model_type != "qwen2")),
+      qkv_bias=model_type == "qwen2",
+      max_position_embeddings=hf.get("max_position_embeddings", 2048), model_type=model_type)
+
+
+def config_to_hf(cfg: LlamaConfig) -> dict:
+  """The config.json `transformers` needs to rebuild the same model."""
+  rope = {"rope_type": cfg.rope.kind, "rope_theta": cfg.rope.theta}
+  if cfg.rope.kind != "default":
+    rope["factor"] = cfg.rope.factor
+  if cfg.rope.kind == "llama3":
+    rope.update(low_freq_factor=cfg.rope.low_freq_factor,
+                high_freq_factor=cfg.rope.high_freq_factor,
+                original_max_position_embeddings=cfg.rope.original_max_position)
+  arch = {"qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}.get(
+      cfg.model_type, "LlamaForCausalLM")
+  return {"model_type": cfg.model_type, "architectures": [arch], "vocab_size": cfg.vocab_size,
+          "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+          "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+          "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+          "hidden_act": "silu", "rms_norm_eps": cfg.rms_norm_eps,
+          "max_position_embeddings": cfg.max_position_embeddings,
+          "tie_word_embeddings": cfg.tie_embeddings, "rope_theta": cfg.rope.theta,
+          "rope_parameters": rope, "attention_bias": False}
+
+
+def hf_rules(cfg: LlamaConfig) -> list[Rule]:
+  """HF tensor name and layout of every param (Llama, Mistral, Qwen2 naming)."""
+  d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+  def proj(heads):  # HF [heads*H, D] <-> ours [D, heads, H]
+    return dict(to_ours=lambda w: w.T.reshape(d, heads, h),
+                to_hf=lambda w: w.reshape(d, heads * h).T)
+
+  def bias(heads):
+    return dict(to_ours=lambda b: b.reshape(heads, h), to_hf=lambda b: b.reshape(heads * h))
+
+  a, m = "model.layers.{i}.self_attn", "model.layers.{i}.mlp"
+  rules = [
+      Rule("embed", "model.embed_tokens.weight"),
+      Rule("final_norm", "model.norm.weight"),
+      Rule("layers/attn_norm", "model.layers.{i}.input_layernorm.weight"),
+      Rule("layers/mlp_norm", "model.layers.{i}.post_attention_layernorm.weight"),
+      Rule("layers/q", f"{a}.q_proj.weight", **proj(n)),
+      Rule("layers/k", f"{a}.k_proj.weight", **proj(k)),
+      Rule("layers/v", f"{a}.v_proj.weight", **proj(k)),
+      Rule("layers/o", f"{a}.o_proj.weight", to_ours=lambda w: w.T.reshape(n, h, d),
+           to_hf=lambda w: w.reshape(n * h, d).T),
+      Rule("layers/gate", f"{m}.gate_proj.weight", transpose, transpose),
+      Rule("layers/up", f"{m}.up_proj.weight", transpose, transpose),
+      Rule("layers/down", f"{m}.down_proj.weight", transpose, transpose),
+  ]
+  if cfg.qkv_bias:
+    rules += [Rule("layers/q_bias", f"{a}.q_proj.bias", **bias(n)),
+              Rule("layers/k_bias", f"{a}.k_proj.bias", **bias(k)),
+              Rule("layers/v_bias", f"{a}.v_proj.bias", **bias(k))]
+  if not cfg.tie_embeddings:
+    rules.append(Rule("lm_head", "lm_head.weight", transpose, transpose))
+  return rules

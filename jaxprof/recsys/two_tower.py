@@ -1,4 +1,4 @@
-"""GIRL's two-tower text matcher with optional generated-JD embeddings (GIRL eqs. 9-15, Fig. 5).
+"""A two-tower text matcher with optional generated-text embeddings (systems/girl.py: eqs. 9-15).
 
 The text encoder is frozen and run elsewhere; this module sees only embeddings:
   c  [N, D]     CV embedding                      (eq. 9)

@@ -1,9 +1,9 @@
 """Rewards: one signature, `reward(batch: RewardBatch) -> list[float | None]`, and composites.
 
 `base`: RewardBatch, invalid-text rule, WeightedSum. `text`: length and format rules.
-`embedding`: contrastive (BLUE), retrieval ranking (LangPTune), next-item supervision.
-`model`: reward-model score. `engagement`: the engagement model and its pointwise / listwise
-rewards (job-platform paper). `registry`: rewards by name for configs.
+`embedding`: contrastive, retrieval ranking, next-item supervision (a frozen text encoder).
+`engagement`: an engagement model and its pointwise / listwise rewards. `registry`: rewards by
+name for configs. (A trained reward model's score: `trainers.reward_model.as_reward`.)
 """
 
 from jaxprof.rewards.base import (
@@ -31,7 +31,6 @@ from jaxprof.rewards.engagement import (
     train_engagement_head,
     train_engagement_model,
 )
-from jaxprof.rewards.model import reward_model_score
 from jaxprof.rewards.registry import REWARDS, build_rewards, make_reward, register
 from jaxprof.rewards.text import format_reward, length_penalty
 
@@ -40,6 +39,6 @@ __all__ = [
     "Rewards", "WeightedSum", "build_rewards", "clean_text", "contrastive_loss",
     "embedding_contrastive", "engagement_listwise", "engagement_pointwise", "format_reward",
     "length_penalty", "make_reward", "next_item_supervision", "next_item_target", "register",
-    "retrieval_ranking", "reward_model_score", "summarize", "train_engagement_head",
+    "retrieval_ranking", "summarize", "train_engagement_head",
     "train_engagement_model", "weighted_sum",
 ]

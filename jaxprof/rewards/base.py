@@ -99,6 +99,20 @@ class RewardBatch:
                np.asarray(completion_mask), {k: rep(v) for k, v in columns.items()}, group_size)
 
 
+def texts_batch(texts: Sequence[str], columns: Mapping[str, Sequence[Any]]) -> RewardBatch:
+  """A RewardBatch of finished texts with no prompt and no token ids (for truth metrics that
+  score text by the same functions rewards use)."""
+  n = len(texts)
+  return RewardBatch([""] * n, list(texts), np.zeros((n, 1), np.int32), np.ones((n, 1), bool),
+                     dict(columns))
+
+
+def nanmean(values: Rewards) -> float:
+  """Mean of the non-None values (nan if there are none)."""
+  kept = [float(v) for v in values if v is not None]
+  return float(np.mean(kept)) if kept else float("nan")
+
+
 def clean_text(text: Any) -> str | None:
   """The completion as a str, or None when it is invalid text (see the module docstring)."""
   if isinstance(text, bytes | bytearray):

@@ -1,8 +1,8 @@
 """Embedding rewards: the completion (a text profile) is embedded and compared with item texts.
 
-* `embedding_contrastive` (BLUE): InfoNCE log-probability of the next item among sampled negatives.
-* `retrieval_ranking` (LangPTune): NDCG@k / MRR / Recall@k of held-out items, full catalogue.
-* `next_item_supervision` (BLUE's text-space signal): cosine to the next item's text, plus the
+* `embedding_contrastive`: InfoNCE log-probability of the next item among sampled negatives.
+* `retrieval_ranking`: NDCG@k / MRR / Recall@k of held-out items, full catalogue.
+* `next_item_supervision` (a text-space next-item signal): cosine to the next item's text, plus the
   target text the trainer uses for its auxiliary next-item NLL.
 
 Item embeddings are computed once per reward (`TextEncoder.embed`, [I, D], L2-normalised). Per
@@ -77,7 +77,7 @@ def tokenize_bucketed(encoder: TextEncoder, texts: Sequence[str]
   return ids, mask, valid
 
 
-# ------------------------------------------------------------------------ contrastive (BLUE)
+# ------------------------------------------------------------------------------- contrastive
 
 
 def info_nce_logprob(profile: jax.Array, pos_emb: jax.Array, neg_emb: jax.Array,
@@ -95,7 +95,7 @@ def info_nce_logprob(profile: jax.Array, pos_emb: jax.Array, neg_emb: jax.Array,
 def contrastive_loss(encoder_params: dict, profile_ids: jax.Array, profile_mask: jax.Array,
                      pos_emb: jax.Array, neg_emb: jax.Array, temperature: float, *,
                      cfg: bert.BertConfig) -> jax.Array:
-  """Mean InfoNCE loss for training the encoder jointly (BLUE's trainable-embedder setting).
+  """Mean InfoNCE loss for training the encoder jointly (a trainable-embedder setting).
 
   L = -mean_b log p(pos_b), the profile embedded by `bert.embed(encoder_params, cfg, ...)`.
   Args: profile_ids [B, T] int32, profile_mask [B, T] bool, pos_emb [B, D], neg_emb [B, K, D]
@@ -138,13 +138,13 @@ def embedding_contrastive(encoder: TextEncoder, item_texts: Sequence[str] | None
                           negatives_column: str | None = None,
                           on_invalid: float | None = None,
                           precomputed_items: np.ndarray | None = None) -> RewardFn:
-  """BLUE-style reward: r = log softmax_{c in {pos} u negs}(cos(e_profile, e_c) / tau) at pos.
+  """Contrastive reward: r = log softmax_{c in {pos} u negs}(cos(e_profile, e_c) / tau) at pos.
 
-  jaxprof's definition (BLUE does not fix one): K = `num_negatives` items sampled uniformly per row
-  from the catalogue minus the positive and the row's history (seeded per prompt, see
-  `sample_negatives`), or taken from `negatives_column` when the data set provides them. r is in
-  [-inf, 0]; a profile that puts the positive far above every negative earns ~0, an uninformative
-  one log(1 / (K + 1)). `precomputed_items` [I, D] replaces embedding `item_texts`.
+  jaxprof's definition (systems/blue.py: the paper does not fix one): K = `num_negatives` items
+  sampled uniformly per row from the catalogue minus the positive and the row's history (seeded
+  per prompt, see `sample_negatives`), or taken from `negatives_column` when the data set provides
+  them. r is in [-inf, 0]; a profile that puts the positive far above every negative earns ~0, an
+  uninformative one log(1 / (K + 1)). `precomputed_items` [I, D] replaces embedding `item_texts`.
   """
   if temperature <= 0:
     raise ValueError(f"embedding_contrastive: temperature={temperature} must be > 0")
@@ -187,7 +187,7 @@ def embedding_contrastive(encoder: TextEncoder, item_texts: Sequence[str] | None
   return reward
 
 
-# ------------------------------------------------------------------- retrieval (LangPTune)
+# --------------------------------------------------------------------------------- retrieval
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "metric", "k"))
@@ -207,7 +207,7 @@ def retrieval_ranking(encoder: TextEncoder, item_texts: Sequence[str] | None,
                       history_column: str | None = "history_items",
                       on_invalid: float | None = None,
                       precomputed_items: np.ndarray | None = None) -> RewardFn:
-  """LangPTune-style reward: rank the full catalogue by cos(e_profile, e_item), history masked.
+  """Retrieval reward: rank the full catalogue by cos(e_profile, e_item), history masked.
 
   r = NDCG@k (binary relevance, ideal DCG of min(n, k) hits), MRR (1 / best rank, no cut-off) or
   Recall@k of the row's held-out `target_items`, with ranks from `recsys.metrics.rank_of_targets`
@@ -246,7 +246,7 @@ def retrieval_ranking(encoder: TextEncoder, item_texts: Sequence[str] | None,
   return reward
 
 
-# ------------------------------------------------------------------ next-item supervision (BLUE)
+# --------------------------------------------------------------------- next-item supervision
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -255,7 +255,7 @@ def _cosine_batch(params, cfg, ids, mask, target_emb):
 
 
 def next_item_target(item_text: str, template: str = "Next item: {item}") -> str:
-  """The text the policy is taught to continue a profile with (BLUE's text-space signal).
+  """The text the policy is taught to continue a profile with (a text-space next-item signal).
 
   The trainer adds an auxiliary NLL of these tokens after the profile prompt; this function only
   builds the target string (the template must contain "{item}").

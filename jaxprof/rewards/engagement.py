@@ -1,6 +1,6 @@
-"""The job-platform paper's frozen engagement reward model and its pointwise / listwise rewards.
+"""A frozen engagement model (member text x posting text) and its pointwise / listwise rewards.
 
-Model (jaxprof's choice; the paper does not publish its architecture): member text and posting text
+Model (jaxprof's choice; systems/hifi.py's paper does not publish one): member text and posting text
 are embedded by a frozen MiniLM (m, p: [D], L2-normalised); an MLP on x = [m; p; m * p] ([3D]) with
 two GELU hidden layers gives logits over the engagement labels {apply, click, skip}, coded
 APPLY=0, CLICK=1, SKIP=2 as in `jaxprof.data.member_sources`. The engagement probability used by
@@ -298,7 +298,8 @@ def engagement_listwise(model: EngagementModel, postings_column: str = "future_j
                         on_invalid: float | None = None) -> RewardFn:
   """r = w * agreement(model scores over the row's held-out postings, observed engagement).
 
-  jaxprof's definition (the paper names the ingredients, not the formula). Per row with F postings:
+  jaxprof's definition (systems/hifi.py: the paper names the ingredients, not the formula).
+  Per row with F postings:
   z_j = logit P(engaged | completion, posting_j); g_j = (2, 1, 0) for (apply, click, skip).
   * metric="kl": q = g / sum g (uniform if every posting was skipped), pi = softmax(z / tau);
     agreement = -KL(q || pi) = sum_j q_j (log pi_j - log q_j) <= 0, 0 when pi matches q.

@@ -16,13 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jaxprof.rewards import embedding, engagement, model, text
+from jaxprof.rewards import embedding, engagement, text
 from jaxprof.rewards.base import RewardFn, WeightedSum, weighted_sum
 
 REWARDS: dict[str, Callable[..., RewardFn]] = {
     "length_penalty": text.length_penalty,
     "format_reward": text.format_reward,
-    "reward_model_score": model.reward_model_score,
     "embedding_contrastive": embedding.embedding_contrastive,
     "retrieval_ranking": embedding.retrieval_ranking,
     "next_item_supervision": embedding.next_item_supervision,

@@ -17,8 +17,8 @@ def length_penalty(target_tokens: int = 150, scale: float = 1.0) -> RewardFn:
   """r = -scale * ((n - target) / target)^2, n = completion tokens (sum of completion_mask).
 
   0 at n = target, symmetric around it (n = target +- d give the same value), -scale at n = 0 and
-  n = 2 target. The job-platform paper held its member summaries near ~150 tokens with such a
-  penalty (without one, length grew until training was stopped).
+  n = 2 target. Such a penalty holds generated summaries near a target length (systems/hifi.py:
+  without one, the paper saw length grow until training was stopped).
 
   Invalid text: the penalty reads only the token mask, so it is defined for every completion; an
   empty completion (n = 0) gets -scale.

@@ -64,7 +64,7 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1
 def sequence_reward_to_token_rewards(scores: jax.Array, mask: jax.Array,
                                      kl_per_token: jax.Array | None = None,
                                      kl_coef: float | jax.Array = 0.0) -> jax.Array:
-  """PPO per-token reward (InstructGPT / GIRL): the score on the last token, a KL penalty on all.
+  """PPO per-token reward (InstructGPT-style): the score on the last token, a KL penalty on all.
 
     r_t = score * [t == last valid token] - kl_coef * kl_t * mask_t
 

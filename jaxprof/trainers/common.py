@@ -147,8 +147,24 @@ def make_update(loss_fn: LossFn, tx: optax.GradientTransformation, num_micro: in
   return update
 
 
-def jit_update(update: Callable, state_shardings: Any) -> Callable:
-  return jax.jit(update, donate_argnums=0, out_shardings=(state_shardings, None))
+def jit_update(update: Callable, state_shardings: Any, rules: str | parallel.Rules = "dp"
+               ) -> Callable:
+  """`update` jitted over the state's mesh: the state donated and kept on its shardings, the
+  activations pinned by `rules` (their batch dimension split over the data axes: no device ever
+  holds the whole batch's hidden states)."""
+  jitted = jax.jit(update, donate_argnums=0, out_shardings=(state_shardings, None))
+  mesh = jax.tree.leaves(state_shardings)[0].mesh
+
+  def call(*args):
+    with parallel.activation_sharding(mesh, rules):
+      return jitted(*args)
+  call.lower = lambda *args: _lower(jitted, mesh, rules, *args)
+  return call
+
+
+def _lower(jitted, mesh, rules, *args):
+  with parallel.activation_sharding(mesh, rules):
+    return jitted.lower(*args)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """GRPO: G completions per prompt, group-normalised advantages, clipped ratio, KL in the loss.
 
 One iteration: sample (prefill shared per group) -> rewards -> group advantages -> reference
-log-probs (if beta > 0) -> `num_iterations` passes of `num_minibatches` clipped-policy updates.
+log-probs (if beta > 0) -> `rl.epochs` passes of `num_minibatches` clipped-policy updates.
 With a single update per rollout the "old" log-probs are the current ones (ratio 1, gradient
 unchanged), so they are taken from the forward pass itself instead of being computed twice.
 """
@@ -21,44 +21,49 @@ from jaxprof.rl import advantages as adv_lib
 from jaxprof.rl import losses
 from jaxprof.trainers import common, loop, policy, rollout
 
-# prompt_batch(step) -> (prompt_ids [B, P], prompt_mask [B, P], reward_fn for those prompts)
-PromptBatchFn = Callable[[int], tuple[np.ndarray, np.ndarray, rollout.RewardFn]]
+PromptBatchFn = rollout.PromptBatchFn
 
 
-def grpo_loss(spec: policy.PolicySpec, rl, single_update: bool, trainable, frozen, batch, rng):
+def grpo_loss(spec: policy.PolicySpec, config, single_update: bool, trainable, frozen, batch,
+              rng):
   """Clipped policy loss + beta * KL(pi || ref) (estimator rl.kl_estimator), as a weighted sum."""
   del rng
+  rl, max_len = config.rl, config.rollout.max_new_tokens
   mask = batch["comp_mask"]
-  lp, ent = rollout.policy_logprobs(spec, rollout.prompt_group(rl), trainable, frozen, batch)
+  lp, ent = rollout.policy_logprobs(spec, rollout.prompt_group(config.rollout), trainable, frozen,
+                                    batch)
   old = jax.lax.stop_gradient(lp) if single_update else batch["old_logprobs"]
   loss, m = losses.policy_loss(
       lp, old, batch["advantages"], mask, eps_low=rl.eps_low, eps_high=rl.eps_high,
       dual_clip=rl.dual_clip or None, ratio_level=rl.ratio_level, agg_mode=rl.agg_mode,
-      max_len=rl.max_new_tokens)
+      max_len=max_len)
   m = dict(m, entropy=losses.masked_mean(ent, mask))
   if rl.kl_coef > 0:
     kl = losses.kl_penalty(lp, batch["ref_logprobs"], mask, kind=rl.kl_estimator)
-    loss = loss + rl.kl_coef * losses.aggregate(kl, mask, rl.agg_mode, rl.max_new_tokens)
+    loss = loss + rl.kl_coef * losses.aggregate(kl, mask, rl.agg_mode, max_len)
     m["kl"] = losses.masked_mean(kl, mask)
   w = rollout.agg_weight(mask, rl.agg_mode)
   return loss * w, w, {f"rl/{k}": v for k, v in m.items()}
 
 
-def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_params: Any,
-          axes: Any, prompt_batch: PromptBatchFn, eos_ids: tuple[int, ...], pad_id: int, mesh
+def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
           ) -> tuple[common.TrainState, Callable]:
   """(initial state, one_step(state, step) -> (state, metrics)) of the GRPO loop.
 
   Metrics include the time of each phase (perf/{rollout,reward,reference,update}_s) and
   perf/mfu: model FLOPs on real tokens over step time and the measured matmul peak.
   """
-  rl = config.rl
-  single = rl.num_iterations == 1 and rl.num_minibatches == 1
+  spec, frozen, ref_params = start.spec, start.frozen, start.ref
+  eos_ids, pad_id = start.eos_ids, start.tok.pad_id
+  rl, ro_cfg, grpo = config.rl, config.rollout, config.grpo
+  single = rl.epochs == 1 and rl.num_minibatches == 1
   tx = common.make_optimizer(rl.optim)
-  state, shardings = common.create_state(trainable, axes, tx, mesh, config.mesh.rules)
+  state, shardings = common.create_state(start.trainable, start.axes, tx, mesh,
+                                         config.mesh.rules)
   update = common.jit_update(common.make_update(
-      functools.partial(grpo_loss, spec, rl, single), tx, rl.optim.grad_accum, "rl"), shardings)
-  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rollout.prompt_group(rl)))
+      functools.partial(grpo_loss, spec, config, single), tx, rl.optim.grad_accum, "rl"), shardings,
+      config.mesh.rules)
+  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rollout.prompt_group(ro_cfg)))
   key = jax.random.key(config.seed)
   shapes = buckets.ShapeLog("grpo")
 
@@ -67,13 +72,14 @@ def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_para
     step_key = jax.random.fold_in(key, step)
     ids, mask, reward_fn = prompt_batch(step)
     with timer("rollout"):
-      ro = rollout.generate(spec, state.params, frozen, ids, mask, step_key, rl, eos_ids, pad_id)
+      ro = rollout.generate(spec, state.params, frozen, ids, mask, step_key, ro_cfg, eos_ids,
+                            pad_id)
     shapes(prompt=ro.prompt_ids.shape[1], completion=ro.comp_ids.shape[1])
     with timer("reward"):
       rewards, valid, terms = reward_fn(ro)
     advantages = adv_lib.group_advantages(
-        rewards, valid, group_size=rl.group_size, method=rl.advantage, std_ddof=rl.std_ddof,
-        eps=rl.adv_eps, scale=rl.adv_scale or None)
+        rewards, valid, group_size=ro_cfg.group_size, method=grpo.advantage,
+        std_ddof=grpo.std_ddof, eps=grpo.adv_eps, scale=grpo.adv_scale or None)
     batch = {"prompt_ids": ro.prompt_ids, "prompt_mask": ro.prompt_mask, "comp_ids": ro.comp_ids,
              "comp_mask": ro.comp_mask, "old_logprobs": ro.logprobs,
              "advantages": np.asarray(advantages, np.float32)}
@@ -82,25 +88,32 @@ def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_para
         batch["ref_logprobs"] = np.asarray(ref_fn(ref_params, parallel.shard_batch(batch, mesh)))
     rng = np.random.default_rng([config.seed, step])
     with timer("update"):
-      for _ in range(rl.num_iterations):
-        for rows in rollout.minibatches(len(rewards), rl.num_minibatches, rng, rl.group_size):
+      for _ in range(rl.epochs):
+        for rows in rollout.minibatches(len(rewards), rl.num_minibatches, rng, ro_cfg.group_size):
           mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
           state, m = update(state, frozen, mb, step_key)
       m = jax.device_get(m)
     fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, ro.prompt_group)
     return state, {**m, **rollout.rollout_stats(ro, rewards, valid), **terms,
                    **timer.metrics(rollout=fwd, reference=fwd * (rl.kl_coef > 0),
-                                   update=3 * fwd * rl.num_iterations),
+                                   update=3 * fwd * rl.epochs),
                    "perf/shapes": shapes.count}
 
   return state, one_step
 
 
-def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any, frozen: Any,
-        ref_params: Any, axes: Any, prompt_batch: PromptBatchFn, eos_ids: tuple[int, ...],
-        pad_id: int, mesh) -> tuple[Any, dict]:
+def train(config, stage_dir: pathlib.Path, start: policy.Start, prompt_batch: PromptBatchFn,
+          mesh) -> tuple[Any, dict]:
   """The GRPO loop over config.rl.total_steps rollouts; returns (final state, last metrics)."""
-  state, one_step = build(config, spec, trainable, frozen, ref_params, axes, prompt_batch,
-                          eos_ids, pad_id, mesh)
+  state, one_step = build(config, start, prompt_batch, mesh)
   return loop.run(stage_dir, state, one_step, config.rl.total_steps, config,
                   show=("reward/mean", "rl/kl", "rollout/length_mean", "perf/mfu"))
+
+
+def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
+  """The grpo stage: from the SFT export (or model.path), on the system's RL prompts."""
+  rollout.check_algo(ctx.config, "grpo")
+  start = policy.start(ctx.config, policy.start_dir(ctx.config, inputs))
+  prompts = rollout.prompt_batches(ctx.system, start.tok, ctx.system.reward(inputs), ctx.config)
+  state, last = train(ctx.config, stage_dir, start, prompts, ctx.mesh)
+  return policy.finish(start, state.params, stage_dir, last)

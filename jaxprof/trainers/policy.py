@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxprof import api, buckets
+from jaxprof import buckets
 from jaxprof.models import causal_lm, hf, layers, lora
 from jaxprof.models.layers import RopeConfig
 from jaxprof.models.llama import LlamaConfig
@@ -60,7 +60,7 @@ def load(model_config, path: str | None = None, seed: int = 0
   """
   path = path or model_config.path
   if path == "tiny":
-    tok = Tokenizer.from_dir(api.resolve_model_dir(api.PACKAGED))
+    tok = Tokenizer.from_dir(hf.resolve_model_dir(hf.PACKAGED))
     t = model_config.tiny
     cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=t.hidden_size,
                       intermediate_size=2 * t.hidden_size, num_layers=t.num_layers,
@@ -68,7 +68,7 @@ def load(model_config, path: str | None = None, seed: int = 0
                       rope=RopeConfig(theta=1e4), tie_embeddings=True,
                       max_position_embeddings=4096)
     return cfg, causal_lm.init_params(cfg, jax.random.key(seed)), tok
-  directory = api.resolve_model_dir(path)
+  directory = hf.resolve_model_dir(path)
   cfg, params = hf.load_hf(directory)
   return cfg, params, Tokenizer.from_dir(directory)
 
@@ -81,6 +81,33 @@ def init_trainable(spec: PolicySpec, params: dict, model_config, key: jax.Array
   targets = tuple(t.strip() for t in model_config.lora.targets.split(",") if t.strip())
   adapters = lora.init_lora(params, targets, spec.lora_rank, key)
   return adapters, {"base": params}, lora.lora_axes(adapters)
+
+
+def start_dir(config, inputs: Mapping[str, Mapping]) -> str:
+  """The policy a stage after SFT starts from: the SFT export if there is one, else model.path."""
+  return inputs.get("sft", {}).get("policy_dir") or config.model.path
+
+
+class Start(NamedTuple):
+  """A policy ready to train: what RL trainers take instead of a dozen loose arguments."""
+
+  spec: PolicySpec
+  trainable: Any  # the params the optimizer updates (LoRA: the adapters)
+  frozen: Any  # {} or {"base": params} under LoRA
+  ref: Any  # the reference policy's params (LoRA: the frozen base itself)
+  axes: Any  # logical axes of `trainable`
+  tok: Tokenizer
+  eos_ids: tuple[int, ...]  # tokens that end a completion
+
+
+def start(config, policy_dir: str) -> Start:
+  """Loads `policy_dir` (config.model settings, LoRA adapters seeded from config.seed)."""
+  cfg, params, tok = load(config.model, policy_dir, config.seed)
+  spec = spec_from_config(cfg, config.model)
+  trainable, frozen, axes = init_trainable(spec, params, config.model,
+                                           jax.random.key(config.seed + 1))
+  ref = frozen["base"] if spec.uses_lora else params
+  return Start(spec, trainable, frozen, ref, axes, tok, tuple(tok.eos_ids))
 
 
 def effective_params(spec: PolicySpec, trainable: Any, frozen: Any) -> dict:
@@ -117,6 +144,12 @@ def export(spec: PolicySpec, trainable: Any, frozen: Any, tokenizer: Tokenizer,
   out = hf.save_hf(params, spec.cfg, out_dir, tokenizer_dir=tokenizer.path)
   logging.info("exported policy to %s", out)
   return out.resolve()  # recorded in DONE.json: must not depend on the working directory
+
+
+def finish(start: Start, trainable: Any, stage_dir: pathlib.Path, last: Mapping) -> dict:
+  """An RL stage's outputs: the trained policy exported to stage_dir/export, last metrics."""
+  out = export(start.spec, trainable, start.frozen, start.tok, stage_dir / "export")
+  return {"policy_dir": str(out), "final_metrics": dict(last)}
 
 
 def pad_to(x: np.ndarray, width: int, left: bool, value: int = 0) -> np.ndarray:

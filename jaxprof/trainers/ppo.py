@@ -1,7 +1,7 @@
-"""PPO (GIRL stage 3): clipped policy loss, a separate critic, GAE, per-token KL in the reward.
+"""PPO: clipped policy loss, a separate critic, GAE, per-token KL in the reward.
 
 One iteration: sample -> sequence scores -> reference and critic passes -> token rewards
-r_t = -kl_coef * KL_t (+ score on the last token) -> GAE -> `ppo_epochs` x `num_minibatches`
+r_t = -kl_coef * KL_t (+ score on the last token) -> GAE -> `rl.epochs` x `num_minibatches`
 updates of the policy and of the critic -> adaptive KL coefficient. The critic is its own network
 (e.g. the reward model's backbone, smaller than the policy), never a silent copy of the actor.
 """
@@ -11,17 +11,18 @@ from __future__ import annotations
 import functools
 import pathlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxprof import buckets, parallel, perf
+from jaxprof import config as config_lib
 from jaxprof.models import causal_lm, heads
 from jaxprof.rl import advantages as adv_lib
 from jaxprof.rl import kl_control, losses
-from jaxprof.trainers import common, loop, policy, rollout
+from jaxprof.trainers import artifacts, common, loop, policy, reward_model, rollout
 from jaxprof.trainers.grpo import PromptBatchFn
 
 
@@ -34,56 +35,68 @@ def critic_values(critic_cfg, group_size: int, remat, params, batch) -> jax.Arra
   return hidden.astype(jnp.float32) @ params["head"]["kernel"] + params["head"]["bias"]
 
 
-def policy_loss_fn(spec, rl, trainable, frozen, batch, rng):
+def policy_loss_fn(spec, config, trainable, frozen, batch, rng):
+  """The clipped policy loss GRPO uses too (`losses.policy_loss`), minus an entropy bonus."""
   del rng
+  rl = config.rl
   mask = batch["comp_mask"]
-  lp, ent = rollout.policy_logprobs(spec, rollout.prompt_group(rl), trainable, frozen, batch)
+  lp, ent = rollout.policy_logprobs(spec, rollout.prompt_group(config.rollout), trainable, frozen,
+                                    batch)
   loss, m = losses.policy_loss(
       lp, batch["old_logprobs"], batch["advantages"], mask, eps_low=rl.eps_low,
       eps_high=rl.eps_high, dual_clip=rl.dual_clip or None, ratio_level=rl.ratio_level,
-      agg_mode=rl.agg_mode, max_len=rl.max_new_tokens)
+      agg_mode=rl.agg_mode, max_len=config.rollout.max_new_tokens)
   entropy = losses.masked_mean(ent, mask)
-  loss = loss - rl.entropy_coef * entropy
+  loss = loss - config.ppo.entropy_coef * entropy
   w = rollout.agg_weight(mask, rl.agg_mode)
   return loss * w, w, {f"rl/{k}": v for k, v in dict(m, entropy=entropy).items()}
 
 
-def critic_loss_fn(critic_cfg, rl, remat, params, frozen, batch, rng):
+def critic_loss_fn(critic_cfg, config, remat, params, frozen, batch, rng):
   del frozen, rng
-  mask = batch["comp_mask"]
-  values = critic_values(critic_cfg, rollout.prompt_group(rl), remat, params, batch)
+  mask, agg_mode = batch["comp_mask"], config.rl.agg_mode
+  values = critic_values(critic_cfg, rollout.prompt_group(config.rollout), remat, params, batch)
   loss, m = losses.value_loss(values, batch["old_values"], batch["returns"], mask,
-                              clip_eps=rl.value_clip or None, agg_mode=rl.agg_mode,
-                              max_len=rl.max_new_tokens)
-  w = rollout.agg_weight(mask, rl.agg_mode)
+                              clip_eps=config.ppo.value_clip or None, agg_mode=agg_mode,
+                              max_len=config.rollout.max_new_tokens)
+  w = rollout.agg_weight(mask, agg_mode)
   return loss * w, w, {f"critic/{k}": v for k, v in m.items()}
 
 
-def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_params: Any,
-          axes: Any, critic_cfg, critic_params: dict, prompt_batch: PromptBatchFn,
-          eos_ids: tuple[int, ...], pad_id: int, mesh) -> tuple[dict, Callable]:
+class Critic(NamedTuple):
+  """The value network: a causal-LM backbone config and {"backbone", "head"} params."""
+
+  cfg: Any
+  params: dict
+
+
+def build(config, start: policy.Start, critic: Critic, prompt_batch: PromptBatchFn, mesh
+          ) -> tuple[dict, Callable]:
   """(initial state, one_step(state, step) -> (state, metrics)) of the PPO loop.
 
   The state is {"policy", "critic", "kl_coef"} (all checkpointed). Metrics include the time of
   each phase (perf/{rollout,reward,reference,update}_s) and perf/mfu.
   """
-  rl = config.rl
+  spec, frozen, ref_params = start.spec, start.frozen, start.ref
+  eos_ids, pad_id = start.eos_ids, start.tok.pad_id
+  critic_cfg = critic.cfg
+  rl, ro_cfg, ppo = config.rl, config.rollout, config.ppo
   tx = common.make_optimizer(rl.optim)
   critic_optim = rl.optim.copy_and_resolve_references()
-  critic_optim.lr = rl.critic_lr
+  critic_optim.lr = ppo.critic_lr
   critic_tx = common.make_optimizer(critic_optim)
-  pol, pol_sh = common.create_state(trainable, axes, tx, mesh, config.mesh.rules)
-  crit, crit_sh = common.create_state(critic_params, heads.scored_model_axes(critic_cfg),
+  pol, pol_sh = common.create_state(start.trainable, start.axes, tx, mesh, config.mesh.rules)
+  crit, crit_sh = common.create_state(critic.params, heads.scored_model_axes(critic_cfg),
                                       critic_tx, mesh, config.mesh.rules)
-  kl_ctl = kl_control.make_kl_controller(rl.kl_coef, rl.kl_target or None, rl.kl_horizon)
+  kl_ctl = kl_control.make_kl_controller(rl.kl_coef, ppo.kl_target or None, ppo.kl_horizon)
   state = {"policy": pol, "critic": crit, "kl_coef": jnp.asarray(rl.kl_coef, jnp.float32)}
   update_policy = common.jit_update(common.make_update(
-      functools.partial(policy_loss_fn, spec, rl), tx, rl.optim.grad_accum, "rl"), pol_sh)
+      functools.partial(policy_loss_fn, spec, config), tx, rl.optim.grad_accum, "rl"), pol_sh,
+      config.mesh.rules)
   update_critic = common.jit_update(common.make_update(
-      functools.partial(critic_loss_fn, critic_cfg, rl, spec.remat), critic_tx,
-      rl.optim.grad_accum,
-      "critic"), crit_sh)
-  g = rollout.prompt_group(rl)
+      functools.partial(critic_loss_fn, critic_cfg, config, spec.remat), critic_tx,
+      rl.optim.grad_accum, "critic"), crit_sh, config.mesh.rules)
+  g = rollout.prompt_group(ro_cfg)
   ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, g))
   values_fn = jax.jit(functools.partial(critic_values, critic_cfg, g, False))
   key = jax.random.key(config.seed)
@@ -94,7 +107,7 @@ def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_para
     step_key = jax.random.fold_in(key, step)
     ids, mask, reward_fn = prompt_batch(step)
     with timer("rollout"):
-      ro = rollout.generate(spec, state["policy"].params, frozen, ids, mask, step_key, rl,
+      ro = rollout.generate(spec, state["policy"].params, frozen, ids, mask, step_key, ro_cfg,
                             eos_ids, pad_id)
     shapes(prompt=ro.prompt_ids.shape[1], completion=ro.comp_ids.shape[1])
     with timer("reward"):
@@ -111,16 +124,16 @@ def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_para
     token_rewards = adv_lib.sequence_reward_to_token_rewards(
         jnp.asarray(scores), jnp.asarray(ro.comp_mask), kl, state["kl_coef"])
     advantages, returns = adv_lib.gae(token_rewards, old_values, jnp.asarray(ro.comp_mask),
-                                      gamma=rl.gamma, lam=rl.lam)
-    if rl.whiten_advantages:
+                                      gamma=ppo.gamma, lam=ppo.lam)
+    if ppo.whiten_advantages:
       advantages = adv_lib.whiten(advantages, jnp.asarray(ro.comp_mask))
     batch |= {"advantages": np.asarray(advantages), "returns": np.asarray(returns),
               "old_values": np.asarray(old_values)}
     rng = np.random.default_rng([config.seed, step])
     pol, crit = state["policy"], state["critic"]
     with timer("update"):
-      for _ in range(rl.ppo_epochs):
-        for rows in rollout.minibatches(len(scores), rl.num_minibatches, rng, rl.group_size):
+      for _ in range(rl.epochs):
+        for rows in rollout.minibatches(len(scores), rl.num_minibatches, rng, ro_cfg.group_size):
           mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
           pol, m_pol = update_policy(pol, frozen, mb, step_key)
           crit, m_crit = update_critic(crit, {}, mb, step_key)
@@ -134,18 +147,46 @@ def build(config, spec: policy.PolicySpec, trainable: Any, frozen: Any, ref_para
                **terms, "rl/kl": jnp.sum(kl) / jnp.maximum(ro.comp_mask.sum(), 1),
                "rl/kl_coef": state["kl_coef"], "perf/shapes": shapes.count,
                **timer.metrics(rollout=fwd, reference=fwd + critic_fwd,
-                               update=3 * (fwd + critic_fwd) * rl.ppo_epochs)}
+                               update=3 * (fwd + critic_fwd) * rl.epochs)}
     return {"policy": pol, "critic": crit, "kl_coef": kl_coef}, metrics
 
   return state, one_step
 
 
-def run(config, stage_dir: pathlib.Path, spec: policy.PolicySpec, trainable: Any, frozen: Any,
-        ref_params: Any, axes: Any, critic_cfg, critic_params: dict,
-        prompt_batch: PromptBatchFn, eos_ids: tuple[int, ...], pad_id: int, mesh
-        ) -> tuple[Any, dict]:
+def train(config, stage_dir: pathlib.Path, start: policy.Start, critic: Critic,
+          prompt_batch: PromptBatchFn, mesh) -> tuple[Any, dict]:
   """The PPO loop over config.rl.total_steps rollouts; returns (final state, last metrics)."""
-  state, one_step = build(config, spec, trainable, frozen, ref_params, axes, critic_cfg,
-                          critic_params, prompt_batch, eos_ids, pad_id, mesh)
+  state, one_step = build(config, start, critic, prompt_batch, mesh)
   return loop.run(stage_dir, state, one_step, config.rl.total_steps, config,
                   show=("reward/mean", "rl/kl", "critic/explained_variance", "perf/mfu"))
+
+
+def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
+  """The ppo stage: from the SFT export (or model.path), on the system's RL prompts."""
+  rollout.check_algo(ctx.config, "ppo")
+  policy_dir = policy.start_dir(ctx.config, inputs)
+  start = policy.start(ctx.config, policy_dir)
+  prompts = rollout.prompt_batches(ctx.system, start.tok, ctx.system.reward(inputs), ctx.config)
+  critic = build_critic(ctx.config, inputs, policy_dir)
+  state, last = train(ctx.config, stage_dir, start, critic, prompts, ctx.mesh)
+  return policy.finish(start, state["policy"].params, stage_dir, last)
+
+
+def build_critic(config, inputs, policy_dir: str) -> Critic:
+  """The critic of rl.critic_init: the trained reward model (backbone + head), or "policy:N",
+  the first N layers of the policy with a fresh head."""
+  init = config.ppo.critic_init
+  if init == "reward_model":
+    rm_dir = inputs.get("reward_model", {}).get("reward_model_dir")
+    if rm_dir is None:
+      raise config_lib.ConfigError("ppo.critic_init='reward_model' needs the reward_model stage "
+                                   "to run first (or use ppo.critic_init='policy:N')")
+    params, card = artifacts.load_pytree(rm_dir)
+    if card["backbone"] == "encoder":
+      raise config_lib.ConfigError("a per-token critic needs a causal-LM reward model; set "
+                                   "reward_model.backbone='policy:N' or ppo.critic_init='policy:N'")
+    cfg, _ = reward_model.card_backbone(card, config.model)
+    return Critic(cfg, params)
+  cfg, backbone, _ = reward_model.build_backbone(init, policy_dir, config.model, config.seed)
+  return Critic(cfg, {"backbone": backbone,
+                      "head": heads.init_head(jax.random.key(config.seed + 3), cfg.hidden_size)})

@@ -1,4 +1,4 @@
-"""Reward model: a scalar head trained with a pairwise loss on chosen vs rejected (GIRL stage 2).
+"""Reward model: a scalar head trained with a pairwise loss on chosen vs rejected responses.
 
 Backbones: "policy:N" (the first N layers of the policy checkpoint, sharing its tokenizer, so a
 critic can later start from it) or "encoder" (the packaged MiniLM, scoring whole texts).
@@ -18,6 +18,8 @@ import numpy as np
 from jaxprof import buckets, parallel
 from jaxprof.models import bert, heads, hf
 from jaxprof.models.encoder import TextEncoder
+from jaxprof.rewards import registry
+from jaxprof.rewards.base import to_rewards, valid_texts
 from jaxprof.rl import losses
 from jaxprof.tokenizer import Tokenizer
 from jaxprof.trainers import artifacts, common, loop, policy
@@ -90,10 +92,17 @@ def _pair_batch(scorer, tok, pairs, idx) -> dict:
           "rejected_mask": pad(r_mask)}
 
 
+def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
+  """The reward_model stage: the system's pairs, backbone from the SFT export (or model.path)."""
+  system = ctx.system
+  return train(ctx.config, stage_dir, system.reward_pairs("train"), system.reward_pairs("eval"),
+               policy.start_dir(ctx.config, inputs), ctx.mesh)
+
+
 def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
-          eval_pairs: Sequence[Mapping[str, str]], policy_dir: str) -> dict:
+          eval_pairs: Sequence[Mapping[str, str]], policy_dir: str, mesh) -> dict:
+  """Trains a scalar-head model on (chosen, rejected) pairs; saves it to stage_dir/model."""
   rm = config.reward_model
-  mesh = parallel.make_mesh(**{k: config.mesh[k] for k in ("data", "fsdp", "tensor")})
   cfg, backbone, tok = build_backbone(rm.backbone, policy_dir, config.model, config.seed)
   scorer = Scorer(cfg, rm.pooling, rm.max_prompt_len, rm.max_response_len, config.model.remat)
   params = {"backbone": backbone,
@@ -104,7 +113,7 @@ def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
                                          config.mesh.rules)
   loss_fn = functools.partial(pair_loss, scorer, rm)
   update = common.jit_update(common.make_update(loss_fn, tx, rm.optim.grad_accum, "rm"),
-                             shardings)
+                             shardings, config.mesh.rules)
   batcher = common.Batcher(len(pairs), rm.batch_size, config.seed)
   shapes = buckets.ShapeLog("reward_model")
 
@@ -202,13 +211,12 @@ class RewardModel:
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
+@registry.register("trained_reward_model")
 def as_reward(model: RewardModel, on_invalid: float | None = None):
   """The catalogue reward of a trained reward model: r = model.score(prompt, completion).
 
   Completions that are empty or not valid text get `on_invalid` (default None: ignored).
   """
-  from jaxprof.rewards.base import to_rewards, valid_texts
-
   def reward(batch):
     completions, valid = valid_texts(batch.completions)
     scores = model.score(batch.prompts, completions, group_size=batch.group_size)

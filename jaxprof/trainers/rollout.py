@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprof import buckets, sampling
+from jaxprof import config as config_lib
 from jaxprof.rl import advantages as adv_lib
 from jaxprof.rl import losses
-from jaxprof.trainers import policy
+from jaxprof.trainers import common, policy
 
 
 @dataclasses.dataclass
@@ -35,10 +36,10 @@ class Rollout:
   completions: list[str] = dataclasses.field(default_factory=list)
 
 
-def prompt_group(rl_config) -> int:
-  """How many rows share one prompt pass in training and scoring: rl.group_size, or 1 with
-  rl.share_prefix off (every row its own [P + N] sequence: the reference path)."""
-  return rl_config.group_size if rl_config.share_prefix else 1
+def prompt_group(rollout_config) -> int:
+  """How many rows share one prompt pass in training and scoring: rollout.group_size, or 1 with
+  rollout.share_prefix off (every row its own [P + N] sequence: the reference path)."""
+  return rollout_config.group_size if rollout_config.share_prefix else 1
 
 
 # reward_fn(rollout) -> (rewards [R] float32, valid [R] bool, per-term means for logging)
@@ -56,21 +57,24 @@ def _sample(spec, trainable, frozen, prompt_ids, prompt_mask, key, *, max_new_to
 
 
 def generate(spec: policy.PolicySpec, trainable: Any, frozen: Any, prompt_ids: np.ndarray,
-             prompt_mask: np.ndarray, key: jax.Array, rl_config, eos_ids: tuple[int, ...],
+             prompt_mask: np.ndarray, key: jax.Array, rollout_config, eos_ids: tuple[int, ...],
              pad_id: int) -> Rollout:
-  sampler = sampling.Sampling(rl_config.temperature, rl_config.top_k, rl_config.top_p)
-  g = rl_config.group_size
+  """group_size completions of each prompt ([B, P] left-padded), sampled as config.rollout says
+  (temperature, top_k, top_p, max_new_tokens)."""
+  ro = rollout_config
+  sampler = sampling.Sampling(ro.temperature, ro.top_k, ro.top_p)
+  g = ro.group_size
   out = _sample(spec, trainable, frozen, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), key,
-                max_new_tokens=rl_config.max_new_tokens, eos_ids=tuple(eos_ids), sampler=sampler,
+                max_new_tokens=ro.max_new_tokens, eos_ids=tuple(eos_ids), sampler=sampler,
                 group_size=g, pad_id=pad_id)
   out = jax.device_get(out)
   # Train on the longest completion's bucket, not on max_new_tokens (rows that stopped early are
   # padding past their EOS).
-  n = buckets.width(int(out.mask.sum(-1).max(initial=1)), rl_config.max_new_tokens)
+  n = buckets.width(int(out.mask.sum(-1).max(initial=1)), ro.max_new_tokens)
   return Rollout(prompt_ids=np.repeat(prompt_ids, g, 0), prompt_mask=np.repeat(prompt_mask, g, 0),
                  comp_ids=out.tokens[:, :n], comp_mask=out.mask[:, :n],
                  logprobs=out.logprobs[:, :n], row_prompt=np.repeat(np.arange(len(prompt_ids)), g),
-                 prompt_group=prompt_group(rl_config))
+                 prompt_group=prompt_group(ro))
 
 
 def text_reward_fn(reward, tokenizer, prompts: Sequence[str],
@@ -97,6 +101,39 @@ def text_reward_fn(reward, tokenizer, prompts: Sequence[str],
 def _mean_of_valid(values) -> float:
   kept = [float(v) for v in values if v is not None]
   return float(np.mean(kept)) if kept else float("nan")
+
+
+# prompt_batch(step) -> (prompt_ids [B, P], prompt_mask [B, P], reward_fn for those prompts)
+PromptBatchFn = Callable[[int], tuple[np.ndarray, np.ndarray, RewardFn]]
+
+
+def check_algo(config, stage: str) -> None:
+  """An RL stage runs the algorithm config.rl describes."""
+  if config.rl.algo != stage:
+    raise config_lib.ConfigError(f"stage {stage!r} listed but config.rl.algo="
+                                 f"{config.rl.algo!r}; set --config.rl.algo={stage} or list "
+                                 f"stage {config.rl.algo!r}")
+
+
+def prompt_batches(system, tok, reward, config) -> PromptBatchFn:
+  """step -> a batch of the system's RL prompts and their reward, deterministic in the step.
+
+  system: gives `rl_rows("train")`, `prompt(row)` and the reward `columns`; reward: a catalogue
+  reward (RewardBatch -> values), e.g. `system.reward(inputs)`.
+  """
+  ro = config.rollout
+  rows = system.rl_rows("train")
+  prompts = [policy.format_prompt(tok, system.prompt(r)) for r in rows]
+  columns = {k: [r[k] for r in rows] for k in system.columns}
+  batcher = common.Batcher(len(rows), ro.prompts_per_step, config.seed)
+
+  def batch(step: int):
+    idx = batcher.indices(step)
+    ids, mask = policy.encode_prompts(tok, [prompts[i] for i in idx], ro.max_prompt_len)
+    cols = {k: [v[i] for i in idx] for k, v in columns.items()}
+    return ids, mask, text_reward_fn(reward, tok, [prompts[i] for i in idx], cols)
+
+  return batch
 
 
 def shareable_group(rows: int, group_size: int) -> int:

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning: masked token NLL of the target given the prompt (GIRL stage 1)."""
+"""Supervised fine-tuning: masked token NLL of the target given the prompt."""
 
 from __future__ import annotations
 
@@ -34,10 +34,17 @@ def make_batch(tok, examples: Sequence[Mapping[str, str]], idx: list[int], sft_c
   return {"prompt_ids": p_ids, "prompt_mask": p_mask, "target_ids": t_ids, "target_mask": t_mask}
 
 
+def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
+  """The sft stage: the system's SFT examples, held-out NLL on its eval part."""
+  del inputs
+  system = ctx.system
+  return train(ctx.config, stage_dir, system.sft_examples("train"), system.sft_examples("eval"),
+               ctx.mesh)
+
+
 def train(config, stage_dir: pathlib.Path, examples: Sequence[Mapping[str, str]],
-          eval_examples: Sequence[Mapping[str, str]] = ()) -> dict:
+          eval_examples: Sequence[Mapping[str, str]], mesh) -> dict:
   """Runs SFT from config.model.path; exports the policy to stage_dir/export."""
-  mesh = parallel.make_mesh(**{k: config.mesh[k] for k in ("data", "fsdp", "tensor")})
   cfg, params, tok = policy.load(config.model, seed=config.seed)
   spec = policy.spec_from_config(cfg, config.model)
   trainable, frozen, axes = policy.init_trainable(spec, params, config.model,
@@ -47,7 +54,7 @@ def train(config, stage_dir: pathlib.Path, examples: Sequence[Mapping[str, str]]
   state, shardings = common.create_state(trainable, axes, tx, mesh, config.mesh.rules)
   update = common.jit_update(
       common.make_update(functools.partial(sft_loss, spec), tx, sft.optim.grad_accum, "sft"),
-      shardings)
+      shardings, config.mesh.rules)
   batcher = common.Batcher(len(examples), sft.batch_size, config.seed)
   key = jax.random.key(config.seed)
   shapes = buckets.ShapeLog("sft")

@@ -15,7 +15,7 @@ def mean_reward_of_first_and_last(tmp_path, run):
 def test_grpo_raises_reward(tmp_path):
   spec, params, axes, mesh = toy.setup()
   config = toy.config("grpo", steps=30)
-  grpo.run(config, tmp_path, spec, params, {}, params, axes, toy.prompt_batch, toy.EOS, 0, mesh)
+  grpo.train(config, tmp_path, toy.start(spec, params, axes), toy.prompt_batch, mesh)
   start, end = mean_reward_of_first_and_last(tmp_path, None)
   print(f"GRPO toy reward: start {start:.3f} -> end {end:.3f}")
   assert end > start + 0.3, (start, end)
@@ -29,11 +29,11 @@ def test_ppo_raises_reward(tmp_path):
 
   spec, params, axes, mesh = toy.setup()
   config = toy.config("ppo", steps=30)
-  config.rl.group_size = 4
+  config.rollout.group_size = 4
   backbone, critic_cfg = heads.truncate_layers(params, toy.CFG, 1)
   critic = {"backbone": backbone, "head": heads.init_head(jax.random.key(3), toy.CFG.hidden_size)}
-  ppo.run(config, tmp_path, spec, params, {}, params, axes, critic_cfg, critic, toy.prompt_batch,
-          toy.EOS, 0, mesh)
+  ppo.train(config, tmp_path, toy.start(spec, params, axes), ppo.Critic(critic_cfg, critic),
+            toy.prompt_batch, mesh)
   start, end = mean_reward_of_first_and_last(tmp_path, None)
   print(f"PPO toy reward: start {start:.3f} -> end {end:.3f}")
   assert end > start + 0.3, (start, end)

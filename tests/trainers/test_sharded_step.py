@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -38,8 +39,10 @@ def loss_and_accum(name: str, spec: policy.PolicySpec):
   if name == "sft":
     return functools.partial(sft.sft_loss, spec), 2
   # Every row its own prompt (the shared-prefix path on a mesh: tests/trainers/test_shared_prefix).
-  rl = config_common.rl_config(algo="grpo", group_size=1, max_new_tokens=N, kl_coef=0.04)
-  return functools.partial(grpo.grpo_loss, spec, rl, True), 1
+  config = ml_collections.ConfigDict()
+  config_common.rl_sections(config, "grpo", steps=1, lr=1e-3, kl_coef=0.04, prompts_per_step=B,
+                            group_size=1, max_new_tokens=N, max_prompt_len=P)
+  return functools.partial(grpo.grpo_loss, spec, config, True), 1
 
 
 def make_tx():

@@ -1,4 +1,4 @@
-"""Each prompt once per group: the shared-prefix path equals G full sequences (rl.share_prefix).
+"""Each prompt once per group: the shared-prefix path equals G full sequences (share_prefix).
 
 Compared on ragged batches (left-padded prompts of different lengths, right-ragged completions,
 widths from the length buckets): per-token log-probs and the gradient norm to a relative 1e-5 in
@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -71,17 +72,21 @@ def grad_norm(tree) -> float:
   return float(jnp.sqrt(sum(jnp.sum(x.astype(jnp.float32) ** 2) for x in jax.tree.leaves(tree))))
 
 
-def rl_config(share: bool):
-  rl = config_common.rl_config(algo="grpo", group_size=G, max_new_tokens=16, kl_coef=0.04)
-  rl.share_prefix = share
-  return rl
+def rl_config(share: bool, algo: str = "grpo"):
+  """A run config's RL sections: rollout (group_size G, share_prefix), rl and the algorithm's."""
+  config = ml_collections.ConfigDict()
+  config_common.rl_sections(config, algo, steps=1, lr=1e-3, kl_coef=0.04, prompts_per_step=3,
+                            group_size=G, max_new_tokens=16, max_prompt_len=64)
+  config.rollout.share_prefix = share
+  return config
 
 
 def grpo_logprobs_and_grad(spec, trainable, frozen, share: bool, batch=BATCH):
   rl = rl_config(share)
   def logprobs_and_grad(trainable, frozen, batch):
     loss = lambda t: grpo.grpo_loss(spec, rl, True, t, frozen, batch, None)[0]
-    lp, _ = rollout.policy_logprobs(spec, rollout.prompt_group(rl), trainable, frozen, batch)
+    lp, _ = rollout.policy_logprobs(spec, rollout.prompt_group(rl.rollout), trainable, frozen,
+                                  batch)
     return lp, jax.grad(loss)(trainable)
   return jax.jit(logprobs_and_grad)(trainable, frozen, batch)
 
@@ -117,14 +122,15 @@ def test_lora_adapters_get_the_same_gradient(family):
 
 def test_switch_off_is_the_per_row_path():
   rl = rl_config(share=False)
-  assert rollout.prompt_group(rl) == 1 and rollout.prompt_group(rl_config(True)) == G
+  assert rollout.prompt_group(rl.rollout) == 1
+  assert rollout.prompt_group(rl_config(True).rollout) == G
   spec = policy.PolicySpec(cfg=helpers.TINY_LLAMA, chunk_size=16)
   params = model_params(helpers.TINY_LLAMA)
   b = BATCH
   full = causal_lm.sequence_logprobs(
       params, spec.cfg, np.concatenate([b["prompt_ids"], b["comp_ids"]], 1),
       np.concatenate([b["prompt_mask"], b["comp_mask"]], 1))[:, b["prompt_ids"].shape[1] - 1:]
-  lp, _ = rollout.policy_logprobs(spec, rollout.prompt_group(rl), params, {}, b)
+  lp, _ = rollout.policy_logprobs(spec, rollout.prompt_group(rl.rollout), params, {}, b)
   assert max_rel(lp, full, b["comp_mask"]) <= RTOL
 
 
@@ -137,9 +143,10 @@ def test_critic_values_and_gradient_match():
                                    ).reshape(BATCH["comp_mask"].shape))
   out = {}
   for share in (False, True):
-    g = rollout.prompt_group(rl_config(share))
-    values = jax.jit(functools.partial(ppo.critic_values, cfg, g, "full"))(params, batch)
-    loss = lambda p, s=share: ppo.critic_loss_fn(cfg, rl_config(s), "full", p, {}, batch, None)[0]
+    config = rl_config(share, "ppo")
+    values = jax.jit(functools.partial(ppo.critic_values, cfg, rollout.prompt_group(
+        config.rollout), "full"))(params, batch)
+    loss = lambda p, c=config: ppo.critic_loss_fn(cfg, c, "full", p, {}, batch, None)[0]
     out[share] = values, jax.jit(jax.grad(loss))(params)
   assert scaled_err(out[True][0], out[False][0], batch["comp_mask"]) <= RTOL
   assert abs(grad_norm(out[True][1]) / grad_norm(out[False][1]) - 1) <= RTOL
@@ -164,7 +171,7 @@ def test_sharded_mesh_matches_one_device():
   batch = group_batch(prompt_lens=[13, 5, 9, 2], comp_lens=[11, 3, 1, 7, 16, 2, 9, 9],
                       seed=1)  # 4 groups of 2 over data=2 x fsdp=2
   rl = rl_config(True)
-  rl.group_size = 2
+  rl.rollout.group_size = 2
   mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
   shardings = parallel.param_shardings(causal_lm.param_axes(cfg), params, mesh, "fsdp_tp")
   loss = lambda t, b: grpo.grpo_loss(spec, rl, True, t, {}, b, None)[0]
@@ -174,7 +181,7 @@ def test_sharded_mesh_matches_one_device():
   assert mesh_grad["layers"]["q"].sharding.num_devices == 8
   assert abs(float(mesh_loss) / float(one_loss) - 1) <= RTOL
   assert abs(grad_norm(mesh_grad) / grad_norm(one_grad) - 1) <= RTOL
-  rl.share_prefix = False
+  rl.rollout.share_prefix = False
   unshared_loss, unshared_grad = jax.jit(jax.value_and_grad(loss))(params, batch)
   assert abs(float(mesh_loss) / float(unshared_loss) - 1) <= RTOL
   assert abs(grad_norm(mesh_grad) / grad_norm(unshared_grad) - 1) <= RTOL

@@ -24,9 +24,10 @@ def config(algo: str, steps: int) -> ml_collections.ConfigDict:
   c.checkpoint = common.checkpoint_config(every=1000, keep=1)
   c.log = common.log_config(every=1000)
   c.max_nonfinite = 3
-  c.rl = common.rl_config(algo=algo, steps=steps, prompts_per_step=4, group_size=8,
-                          max_new_tokens=8, lr=1e-2, kl_coef=0.0)
-  c.rl.critic_lr = 3e-3
+  common.rl_sections(c, algo, steps=steps, lr=1e-2, kl_coef=0.0, prompts_per_step=4,
+                     group_size=8, max_new_tokens=8, max_prompt_len=5)
+  if algo == "ppo":
+    c.ppo.critic_lr = 3e-3
   return c
 
 
@@ -40,6 +41,17 @@ def prompt_batch(step):
   rng = np.random.default_rng(step)
   ids = rng.integers(2, 32, size=(4, 5)).astype(np.int32)
   return ids, np.ones_like(ids, bool), target_fraction
+
+
+class _Tokens:
+  """The two token facts a trainer asks a tokenizer for."""
+  pad_id = 0
+  eos_ids = EOS
+
+
+def start(spec, params, axes) -> policy.Start:
+  """Full fine-tuning of `params`, the reference a copy of them."""
+  return policy.Start(spec, params, {}, params, axes, _Tokens(), EOS)
 
 
 def setup():

@@ -1,0 +1,96 @@
+"""The eval stage: run the configured evaluators on the run's policies, write what they found.
+
+Policies: "start" (the SFT export, or model.path) and "rl" (the RL stage's export, if one ran).
+Writes `results.json` ({evaluator: {row: {metric: value}}}), `report.md` (one table per
+evaluator), `samples.jsonl` and one bar chart per evaluator (`<name>.png`) into the stage dir.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from collections.abc import Mapping
+
+import matplotlib
+import numpy as np
+from absl import logging
+
+from jaxprof import evaluation, stages
+from jaxprof.trainers import policy
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+
+def policies(config, inputs: Mapping[str, Mapping]) -> dict[str, str]:
+  """{"start": the policy RL started from, "rl": the RL export (if an RL stage ran)}."""
+  out = {"start": policy.start_dir(config, inputs)}
+  for algo in ("ppo", "grpo"):
+    if algo in inputs:
+      out["rl"] = inputs[algo]["policy_dir"]
+  return out
+
+
+def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
+  ev = evaluation.Context(ctx.config, ctx.system, policies(ctx.config, inputs), inputs,
+                          stage_dir)
+  results, samples = {}, []
+  for name, kwargs in ctx.config.eval.evaluators.items():
+    logging.info("evaluator %s on policies %s", name, ev.policies)
+    result = evaluation.get(name)(ev, **dict(kwargs))
+    results[name] = result.table
+    samples += result.samples
+    plot(result.table, stage_dir / f"{name}.png", name)
+  stages.atomic_write_json(stage_dir / "results.json", results)
+  stages.atomic_write_text(stage_dir / "samples.jsonl",
+                           "".join(json.dumps(s) + "\n" for s in samples))
+  stages.atomic_write_text(stage_dir / "report.md", report(ctx.config, results, samples))
+  return {"results": results}
+
+
+def _table(table: evaluation.Table) -> list[str]:
+  """Markdown: one column per row label when there are fewer labels than metrics."""
+  labels = list(table)
+  metrics = sorted({m for row in table.values() for m in row})
+  fmt = lambda v: "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+  if len(labels) < len(metrics):
+    out = ["| metric | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    out += [f"| {m} | " + " | ".join(fmt(table[n].get(m)) for n in labels) + " |"
+            for m in metrics]
+  else:
+    out = ["| | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    out += [f"| {n} | " + " | ".join(fmt(table[n].get(m)) for m in metrics) + " |"
+            for n in labels]
+  return out
+
+
+def report(config, results: Mapping[str, evaluation.Table], samples) -> str:
+  out = [f"# Evaluation: {config.system}\n",
+         "`truth/*` is the system's independent measure; `reward/*` is what RL optimised.\n"]
+  for name, table in results.items():
+    doc = (evaluation.get(name).__doc__ or "").strip().split("\n")[0]
+    out += [f"## {name}\n", doc + "\n" if doc else "", *_table(table), ""]
+  if samples:
+    out.append("## Samples\n")
+    for key, text in samples[0].items():
+      out.append(f"**{key}**\n\n```\n{text}\n```\n")
+  return "\n".join(out)
+
+
+def plot(table: evaluation.Table, path: pathlib.Path, title: str) -> None:
+  """Bars of every metric (lengths left out: another scale) for each row label."""
+  names = list(table)
+  metrics = sorted({k for r in table.values() for k in r if not k.startswith("length/")})
+  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(metrics)), 4))
+  width = 0.8 / max(len(names), 1)
+  for j, n in enumerate(names):
+    ax.bar(np.arange(len(metrics)) + j * width, [table[n].get(m, np.nan) for m in metrics],
+           width, label=n)
+  ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, metrics, rotation=30,
+                ha="right")
+  ax.legend()
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
