@@ -91,13 +91,13 @@ def continue_prompts(params: dict, cfg: LMConfig, prompt_ids: jax.Array, prompt_
       token when predicting them).
   Returns:
     (prompt_last [R, D]: the state after each row's prompt, hidden [R, T, D]: the continuations'
-    states), equal to one forward of concat(prompt, continuation) per row. The prompt's keys and
-    values (a `Prefix`) are computed once per group and never repeated; gradients from all G rows
-    flow back into that one pass.
+    states), equal to one forward of concat(prompt, continuation) per row. Each layer runs the
+    group's prompt once, then its G continuations attending to that layer's prompt keys and values
+    (never repeated); gradients from all G rows flow back into the one prompt pass.
   """
-  h_prompt, prefix = forward(params, cfg, group_first(prompt_ids, group_size),
-                             group_first(prompt_mask, group_size), remat=remat)
-  hidden, _ = forward(params, cfg, ids, mask, remat=remat, prefix=prefix)
+  h_prompt, hidden = family(cfg).forward_continuations(
+      params, cfg, group_first(prompt_ids, group_size), group_first(prompt_mask, group_size), ids,
+      mask, remat)
   return jnp.repeat(h_prompt[:, -1], group_size, axis=0), hidden
 
 

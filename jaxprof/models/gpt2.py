@@ -106,9 +106,27 @@ def forward(params: dict, cfg: GPT2Config, tokens: jax.Array, mask: jax.Array,
   x = params["embed"][tokens] + params["pos_embed"][ctx.positions]
   block = functools.partial(_block, cfg)
   x, kv = layers.scan_layers(block, x, params["layers"], ctx, cache, prefix, remat)
-  x = layers.layer_norm(x, params["final_norm"]["scale"], params["final_norm"]["bias"],
-                        cfg.layer_norm_eps)
-  return x, kv if cache is not None else Prefix(k=kv[0], v=kv[1], mask=mask)
+  return _final_norm(params, cfg, x), kv if cache is not None else Prefix(k=kv[0], v=kv[1],
+                                                                          mask=mask)
+
+
+def _final_norm(params: dict, cfg: GPT2Config, x: jax.Array) -> jax.Array:
+  return layers.layer_norm(x, params["final_norm"]["scale"], params["final_norm"]["bias"],
+                           cfg.layer_norm_eps)
+
+
+def forward_continuations(params: dict, cfg: GPT2Config, prompt_ids: jax.Array,
+                          prompt_mask: jax.Array, ids: jax.Array, mask: jax.Array,
+                          remat: bool | str = False) -> tuple[jax.Array, jax.Array]:
+  """Same contract as `llama.forward_continuations`."""
+  ctx_p = layers.attention_inputs(prompt_mask, None, None)
+  ctx_c = layers.attention_inputs(mask, None, None, Prefix(k=None, v=None, mask=prompt_mask))
+  xp = params["embed"][prompt_ids] + params["pos_embed"][ctx_p.positions]
+  xc = params["embed"][ids] + params["pos_embed"][ctx_c.positions]
+  block = functools.partial(_block, cfg)
+  xp, xc = layers.scan_prompts_and_continuations(block, block, xp, xc, params["layers"], ctx_p,
+                                                 ctx_c, remat)
+  return _final_norm(params, cfg, xp), _final_norm(params, cfg, xc)
 
 
 def unembedding(params: dict, cfg: GPT2Config) -> jax.Array:

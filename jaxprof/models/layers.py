@@ -326,3 +326,35 @@ def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=N
                                       (stacked, jnp.arange(num_layers), pk, pv))
   cache = cache.replace(k=k_all, v=v_all, mask=ctx.key_mask, index=cache.index + x.shape[1])
   return x, cache
+
+
+def scan_prompts_and_continuations(block_p: Block, block_c: Block, xp: jax.Array, xc: jax.Array,
+                                   stacked: dict, ctx_p: Context, ctx_c: Context,
+                                   remat: bool | str = False) -> tuple[jax.Array, jax.Array]:
+  """Bp prompts xp [Bp, P, D] and their continuations xc [B, T, D] through the layers together.
+
+  Each layer runs the prompts, then the continuations attending to that layer's prompt keys and
+  values (B / Bp rows per prompt, `attend`'s prefix) and causally to themselves. One scan, so the
+  backward pass accumulates one gradient per layer weight: two scans (prompts, then continuations
+  over their stacked keys) would each build a full stacked weight gradient before adding them.
+  Returns (xp, xc) after the last layer.
+  """
+  policy = remat_policy(remat)
+
+  def body(carry, p):
+    xp, xc = carry
+    xp, xc = parallel.constrain(xp, HIDDEN_AXES), parallel.constrain(xc, HIDDEN_AXES)
+
+    def attend_prompt(q, k, v):
+      return attend(q, k, v, ctx_p.visible), (k, v)
+    xp, (kp, vp) = block_p(xp, p, attend_prompt)
+
+    def attend_continuation(q, k, v):
+      return attend(q, k, v, ctx_c.visible, (kp, vp, ctx_c.prefix_mask)), None
+    xc, _ = block_c(xc, p, attend_continuation)
+    return (xp, xc), None
+
+  if policy is not None:
+    body = jax.checkpoint(body, policy=policy)
+  (xp, xc), _ = jax.lax.scan(body, (xp, xc), stacked)
+  return xp, xc

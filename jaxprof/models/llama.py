@@ -116,12 +116,32 @@ def forward(params: dict, cfg: LlamaConfig, tokens: jax.Array, mask: jax.Array,
     own keys and values as a Prefix (what a continuation attends to).
   """
   ctx = layers.attention_inputs(mask, positions, cache, prefix)
-  inv_freq = layers.rope_inv_freq(cfg.rope, cfg.head_dim)
-  block = functools.partial(_block, cfg, inv_freq, ctx.positions)
-  x, kv = layers.scan_layers(block, params["embed"][tokens], params["layers"], ctx, cache, prefix,
-                             remat)
+  x, block = _stream(params, cfg, tokens, ctx)
+  x, kv = layers.scan_layers(block, x, params["layers"], ctx, cache, prefix, remat)
   x = layers.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
   return x, kv if cache is not None else Prefix(k=kv[0], v=kv[1], mask=mask)
+
+
+def _stream(params: dict, cfg: LlamaConfig, tokens: jax.Array, ctx: layers.Context):
+  """(embedded tokens [B, T, D], the layer function at their positions)."""
+  inv_freq = layers.rope_inv_freq(cfg.rope, cfg.head_dim)
+  return params["embed"][tokens], functools.partial(_block, cfg, inv_freq, ctx.positions)
+
+
+def forward_continuations(params: dict, cfg: LlamaConfig, prompt_ids: jax.Array,
+                          prompt_mask: jax.Array, ids: jax.Array, mask: jax.Array,
+                          remat: bool | str = False) -> tuple[jax.Array, jax.Array]:
+  """(prompt states [Bp, P, D], continuation states [B, T, D]), both after the final norm: Bp
+  left-padded prompts and B right-padded continuations of them (B / Bp each), in one layer pass
+  (`layers.scan_prompts_and_continuations`)."""
+  ctx_p = layers.attention_inputs(prompt_mask, None, None)
+  ctx_c = layers.attention_inputs(mask, None, None, Prefix(k=None, v=None, mask=prompt_mask))
+  (xp, block_p), (xc, block_c) = (_stream(params, cfg, prompt_ids, ctx_p),
+                                  _stream(params, cfg, ids, ctx_c))
+  xp, xc = layers.scan_prompts_and_continuations(block_p, block_c, xp, xc, params["layers"],
+                                                 ctx_p, ctx_c, remat)
+  norm = lambda x: layers.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+  return norm(xp), norm(xc)
 
 
 def unembedding(params: dict, cfg: LlamaConfig) -> jax.Array:
