@@ -25,8 +25,10 @@ BATCH_AXES = ("data", "fsdp")  # a batch is split over every data-parallel repli
 Rules = Mapping[str, str | tuple[str, ...] | None]
 
 # Activations ("act_*" names, `constrain`): the batch is split over every data-parallel replica,
-# in every preset; the residual stream's length and width stay whole on each device.
-ACTIVATION_RULES: Rules = {"act_batch": BATCH_AXES, "act_length": None, "act_embed": None}
+# in every preset; the residual stream's length and width stay whole on each device, attention
+# heads follow the heads' weights (split over tensor under fsdp_tp).
+ACTIVATION_RULES: Rules = {"act_batch": BATCH_AXES, "act_length": None, "act_embed": None,
+                           "act_heads": None, "act_kv_heads": None}
 
 RULE_PRESETS: dict[str, Rules] = {
     # Pure data parallelism: every param replicated.
@@ -35,7 +37,8 @@ RULE_PRESETS: dict[str, Rules] = {
     "fsdp": {**ACTIVATION_RULES, "embed": "fsdp"},
     # fsdp plus Megatron-style tensor parallelism on heads, MLP width and vocabulary.
     "fsdp_tp": {**ACTIVATION_RULES, "embed": "fsdp", "mlp": "tensor", "heads": "tensor",
-                "kv_heads": "tensor", "vocab": "tensor"},
+                "kv_heads": "tensor", "vocab": "tensor", "act_heads": "tensor",
+                "act_kv_heads": "tensor"},
 }
 
 

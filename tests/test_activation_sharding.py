@@ -1,8 +1,9 @@
 """The compiled update step keeps the batch sharded: no device gathers the whole batch's states.
 
 On 8 simulated devices, under the dp and fsdp presets, the GRPO update's optimized HLO is read for
-collectives whose result carries the global batch (B rows, or B x T flattened tokens): the
-residual stream is pinned to ("data", "fsdp") on its batch dim inside the layer scan
+collectives whose result carries the global batch (B rows or B / 2 prompts, or their
+flattened tokens): with whole groups on every device (24 prompts over 8), the residual stream is
+pinned to ("data", "fsdp") on its batch dim inside the layer scan
 (`parallel.constrain`), so only parameters and scalars are ever all-gathered.
 """
 
@@ -20,7 +21,7 @@ from jaxprof.trainers import common, grpo, policy
 from tests import helpers
 
 CFG = helpers.TINY_LLAMA
-B, P, N = 24, 6, 10  # 24 rows: a size no parameter dimension has
+B, P, N = 48, 6, 10  # 48 rows, 24 prompts (groups of 2): sizes no parameter dimension has
 
 
 def batch() -> dict:
@@ -60,8 +61,9 @@ def test_update_never_gathers_the_batch(rules, mesh_shape):
   sharded = parallel.shard_batch(batch(), mesh)
   hlo = update.lower(state, {}, sharded, jax.random.key(0)).compile().as_text()
   shapes = gathered_shapes(hlo)
-  tokens = {B * t for t in range(1, P + N + 1)}
-  whole_batch = [s for s in shapes if s and (s[0] == B or s[0] in tokens)]
+  rows = {B, B // 2}  # completions, and the prompt stream (one row per group)
+  tokens = {r * t for r in rows for t in range(1, P + N + 1)}
+  whole_batch = [s for s in shapes if s and (s[0] in rows or s[0] in tokens)]
   assert not whole_batch, whole_batch
   # The step still runs and is finite.
   state, m = update(state, {}, sharded, jax.random.key(0))

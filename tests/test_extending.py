@@ -41,6 +41,7 @@ def test_a_reward_and_an_evaluator_from_outside(tmp_path):
   config.rewards = dict(words=common.reward("test_word_count", 1.0, target=3))
   config.eval.evaluators.test_lengths = dict(prompts=3)
   config.rl.total_steps = config.rl.optim.total_steps = 1
+  config.mesh.data = 1  # the tests' 8 simulated devices would not divide the tiny batches
   out = train.train_and_evaluate(config, tmp_path)
   assert CALLS["reward"] > 0  # RL and the held-out evaluator both scored with it
   results = json.loads((tmp_path / "eval" / "results.json").read_text())

@@ -103,7 +103,7 @@ def forward(params: dict, cfg: GPT2Config, tokens: jax.Array, mask: jax.Array,
   """Runs GPT-2. Same contract as `llama.forward`: hidden [B, T, D] (after ln_f) and the updated
   cache, or the tokens' own keys and values as a Prefix."""
   ctx = layers.attention_inputs(mask, positions, cache, prefix)
-  x = params["embed"][tokens] + params["pos_embed"][ctx.positions]
+  x = layers.embed(params["embed"], tokens) + params["pos_embed"][ctx.positions]
   block = functools.partial(_block, cfg)
   x, kv = layers.scan_layers(block, x, params["layers"], ctx, cache, prefix, remat)
   return _final_norm(params, cfg, x), kv if cache is not None else Prefix(k=kv[0], v=kv[1],
@@ -121,8 +121,8 @@ def forward_continuations(params: dict, cfg: GPT2Config, prompt_ids: jax.Array,
   """Same contract as `llama.forward_continuations`."""
   ctx_p = layers.attention_inputs(prompt_mask, None, None)
   ctx_c = layers.attention_inputs(mask, None, None, Prefix(k=None, v=None, mask=prompt_mask))
-  xp = params["embed"][prompt_ids] + params["pos_embed"][ctx_p.positions]
-  xc = params["embed"][ids] + params["pos_embed"][ctx_c.positions]
+  xp = layers.embed(params["embed"], prompt_ids) + params["pos_embed"][ctx_p.positions]
+  xc = layers.embed(params["embed"], ids) + params["pos_embed"][ctx_c.positions]
   block = functools.partial(_block, cfg)
   xp, xc = layers.scan_prompts_and_continuations(block, block, xp, xc, params["layers"], ctx_p,
                                                  ctx_c, remat)

@@ -154,6 +154,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array,
   """
   b, t, n, h = q.shape
   kv_heads = k.shape[1]
+  q = parallel.constrain(q, ("act_batch", "act_length", "act_heads", None))
+  k, v = (parallel.constrain(x, ("act_batch", "act_kv_heads", None, None)) for x in (k, v))
   q = q.reshape(b, t, kv_heads, n // kv_heads, h)
   scale = 1.0 / math.sqrt(h)
   scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k, preferred_element_type=jnp.float32) * scale
@@ -276,6 +278,13 @@ Block = Callable[[jax.Array, dict, Callable], tuple[jax.Array, Any]]
 
 
 HIDDEN_AXES = ("act_batch", "act_length", "act_embed")  # the residual stream [B, T, D]
+
+
+def embed(table: jax.Array, tokens: jax.Array) -> jax.Array:
+  """table[tokens] ([V, D], [B, T] -> [B, T, D]), looked up where the tokens are: the table is
+  gathered whole first (as FSDP gathers any weight), never the batch's embeddings."""
+  table = parallel.constrain(table, (None, None))
+  return parallel.constrain(table[tokens], HIDDEN_AXES)
 
 
 def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=None, prefix=None,

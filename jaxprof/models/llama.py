@@ -125,7 +125,8 @@ def forward(params: dict, cfg: LlamaConfig, tokens: jax.Array, mask: jax.Array,
 def _stream(params: dict, cfg: LlamaConfig, tokens: jax.Array, ctx: layers.Context):
   """(embedded tokens [B, T, D], the layer function at their positions)."""
   inv_freq = layers.rope_inv_freq(cfg.rope, cfg.head_dim)
-  return params["embed"][tokens], functools.partial(_block, cfg, inv_freq, ctx.positions)
+  block = functools.partial(_block, cfg, inv_freq, ctx.positions)
+  return layers.embed(params["embed"], tokens), block
 
 
 def forward_continuations(params: dict, cfg: LlamaConfig, prompt_ids: jax.Array,
