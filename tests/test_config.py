@@ -200,3 +200,17 @@ def test_lock_and_save(tmp_path):
   config_lib.lock_and_save(c, tmp_path)
   assert json.loads((tmp_path / "config.json").read_text())["rl"]["kl_coef"] == 0.1
   assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # No temp files left.
+
+
+def test_each_algorithm_keeps_its_own_section():
+  from configs import girl
+
+  ppo, grpo = girl.get_config("tiny"), girl.get_config("tiny,algo=grpo")
+  assert "ppo" in ppo and "grpo" not in ppo and "grpo" in grpo and "ppo" not in grpo
+  assert "epochs" in ppo.rl and "epochs" in grpo.rl  # one name for passes over a rollout
+  config_lib.validate(ppo)
+  ppo.rl.algo = "grpo"
+  with pytest.raises(config_lib.ConfigError, match=r"no 'grpo' section.*algo=grpo"):
+    config_lib.validate(ppo)
+  with pytest.raises(config_lib.ConfigError, match=r"unknown config key 'grpo.advantage'"):
+    config_lib.check_keys(girl.get_config("tiny"), ["grpo.advantage"])

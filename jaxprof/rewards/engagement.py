@@ -3,7 +3,7 @@
 Model (jaxprof's choice; systems/hifi.py's paper does not publish one): member text and posting text
 are embedded by a frozen MiniLM (m, p: [D], L2-normalised); an MLP on x = [m; p; m * p] ([3D]) with
 two GELU hidden layers gives logits over the engagement labels {apply, click, skip}, coded
-APPLY=0, CLICK=1, SKIP=2 as in `jaxprof.data.member_sources`. The engagement probability used by
+APPLY=0, CLICK=1, SKIP=2 (the data set's action codes). The engagement probability used by
 the rewards and for early stopping is P(engaged) = P(apply) + P(click) = 1 - P(skip).
 
 Training minimises softmax cross-entropy with AdamW (optax) on precomputed embeddings, seeded, and
