@@ -196,7 +196,7 @@ DEFAULT_RULES: tuple[tuple[str, Check], ...] = (
     ("*num_layers", positive),
     ("*num_heads", positive),
     ("*.keep", positive),
-    ("optim.grad_accum", positive),
+    ("*optim.grad_accum", positive),  # every section's optimizer (sft., rl., reward_model.)
     ("*.every", non_negative),  # 0 may mean "never".
     ("*.lr", non_negative),
     ("*warmup*", non_negative),

@@ -120,3 +120,52 @@ def test_categorical_draws_follow_the_distribution():
   n = draws.size
   sigma = np.sqrt(n * probs * (1 - probs))
   assert np.all(np.abs(counts - n * probs) <= 5 * sigma + 1e-9), counts[probs > 0] / n
+
+
+def test_eos_stops_at_a_token_the_greedy_run_emits():
+  """Take the 4th token an unstopped greedy run emits as EOS: the stopped run must end there."""
+  cfg, params = helpers.TINY_LLAMA, helpers.tiny_params()
+  tokens, mask = helpers.left_padded([[5, 17, 9]])
+  free = sampling.sample(params, cfg, tokens, mask, jax.random.key(0), max_new_tokens=10,
+                         eos_ids=(-1,), sampling=sampling.Sampling(temperature=0.0))
+  free_toks = [int(t) for t in free.tokens[0]]
+  stop = free_toks[3]
+  first = free_toks.index(stop)  # the first time the greedy run emits it
+  out = sampling.sample(params, cfg, tokens, mask, jax.random.key(0), max_new_tokens=10,
+                        eos_ids=(stop,), sampling=sampling.Sampling(temperature=0.0))
+  assert completion(out, 0) == free_toks[:first + 1]  # EOS kept, nothing after it
+  assert int(out.lengths[0]) == first + 1 < 10
+  np.testing.assert_array_equal(np.asarray(out.tokens[0, first + 1:]), 0)  # padding after EOS
+
+
+def _reference_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float):
+  """numpy: softmax(logits / T), keep the top_k, then the smallest top-p prefix, renormalise."""
+  z = logits / temperature
+  p = np.exp(z - z.max())
+  p /= p.sum()
+  order = np.argsort(-p, kind="stable")
+  keep = np.zeros_like(p, bool)
+  keep[order[:top_k or len(p)]] = True
+  q = np.where(keep, p, 0.0)
+  q /= q.sum()
+  cum = np.cumsum(q[order]) - q[order]  # mass before each token, in descending order
+  keep_p = np.zeros_like(p, bool)
+  keep_p[order[cum < top_p]] = True
+  q = np.where(keep & keep_p, q, 0.0)
+  return q / q.sum()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 3, 1.0),
+                                                     (1.0, 0, 0.6), (1.5, 4, 0.8)])
+def test_filters_draw_from_the_reference_distribution(temperature, top_k, top_p):
+  logits = np.log(np.array([0.30, 0.22, 0.16, 0.12, 0.09, 0.06, 0.03, 0.02]))
+  want = _reference_probs(logits, temperature, top_k, top_p)
+  rule = sampling.Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+  batch = jnp.asarray(logits, jnp.float32)[None].repeat(1000, 0)
+  choose = jax.jit(rule.choose)
+  draws = np.concatenate([np.asarray(choose(batch, jax.random.key(i))) for i in range(20)])
+  counts = np.bincount(draws, minlength=len(logits))
+  n = draws.size
+  assert counts[want == 0].sum() == 0, (counts, want)
+  sigma = np.sqrt(n * want * (1 - want))
+  assert np.all(np.abs(counts - n * want) <= 5 * sigma + 1e-9), (counts / n, want)
