@@ -237,6 +237,9 @@ def shrink_for_tests(config: ml_collections.ConfigDict) -> None:
   config.checkpoint.every = 2
   config.eval.num_examples = 4
   config.eval.batch_size = 4
+  # A random model's greedy text is a few blank tokens, which every reward rejects; sampled text
+  # is real (random) words, so the evaluators' reward and truth paths run on text.
+  config.eval.temperature = 1.0
   for stage in ("sft", "reward_model"):
     if stage in config:
       config[stage].batch_size = 4

@@ -1,12 +1,20 @@
 """End to end: `python -m jaxprof.train` on each system's tiny variant, as a user runs it."""
 
+import importlib
 import json
+import math
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
+
+from jaxprof.models import hf
+from jaxprof.trainers import policy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -22,49 +30,122 @@ def train(config: str, workdir: pathlib.Path, *flags: str, check: bool = True):
   return proc
 
 
-def assert_stage_outputs(workdir: pathlib.Path, stage: str, steps: int):
+def tb_tags(directory: pathlib.Path) -> set[str]:
+  """Scalar tags in the TensorBoard event files of one directory (TFRecord framing read by hand:
+  8-byte length, 4-byte crc, the Event proto, 4-byte crc)."""
+  from tensorboardX.proto import event_pb2
+
+  tags = set()
+  for path in directory.glob("events.out.tfevents.*"):
+    data = path.read_bytes()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      tags |= {v.tag for v in event.summary.value}
+      pos += 12 + length + 4
+  return tags
+
+
+def assert_stage_outputs(workdir: pathlib.Path, stage: str, steps: int) -> list[dict]:
+  """DONE.json, one metrics row per step, the stage's own TensorBoard scalars, a checkpoint."""
   stage_dir = workdir / stage
   assert json.loads((stage_dir / "DONE.json").read_text())["stage"] == stage
   lines = [json.loads(x) for x in (stage_dir / "metrics.jsonl").read_text().splitlines()]
   assert [x["step"] for x in lines] == list(range(1, steps + 1))
-  assert list((workdir / "tb").rglob("events.out.tfevents.*")) or list(
-      stage_dir.rglob("events.out.tfevents.*"))
+  tags = tb_tags(workdir / "tb" / stage)  # this stage's directory, not any stage's
+  logged = {k for k, v in lines[-1].items() if isinstance(v, float) and k != "time"}
+  assert tags and logged - tags == set(), (stage, sorted(logged - tags)[:5])
   assert (stage_dir / "checkpoints" / str(steps)).exists()
   return lines
+
+
+def assert_rl_outputs(workdir: pathlib.Path, stage: str, config) -> None:
+  """Every configured reward term scored some completion, and the policy moved."""
+  lines = assert_stage_outputs(workdir, stage, 3)
+  for term in config.rewards:
+    values = [x.get(f"reward/{term}") for x in lines]
+    assert any(v is not None and math.isfinite(v) for v in values), (term, values)
+  assert all(x["reward/none_fraction"] < 1 for x in lines), [x["reward/none_fraction"]
+                                                              for x in lines]
+  assert all(math.isfinite(x["rl/grad_norm"]) for x in lines)
+  assert any(x["rl/grad_norm"] > 0 for x in lines)
+  start = policy.start_dir(config, {"sft": read_done(workdir, "sft")} if "sft" in config.stages
+                           else {})
+  _, before, _ = policy.load(config.model, start, config.seed)
+  _, after = hf.load_hf(workdir / stage / "export")
+  moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+              for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True))
+  assert moved > 0, "the RL export equals the policy it started from"
+
+
+def read_done(workdir: pathlib.Path, stage: str) -> dict:
+  return json.loads((workdir / stage / "DONE.json").read_text())["outputs"]
+
+
+# (metric prefix, lowest, highest) every eval value must respect, first match; all finite.
+RANGES = [("truth/engagement_pointwise", -0.5, 1.0),  # utility-weighted: u in [-0.5, 1]
+          ("truth/", 0.0, 1.0), ("length/", 1.0, math.inf), ("rec_test/auc", 0.0, 1.0),
+          ("cold_start_test/auc", 0.0, 1.0), ("rec_test/logloss", 0.0, math.inf),
+          ("cold_start_test/logloss", 0.0, math.inf), ("reward/", -math.inf, math.inf)]
+
+
+def assert_eval_outputs(workdir: pathlib.Path, evaluators: set[str]) -> dict:
+  """Every eval value finite and in its range, completions real text, report and plots there."""
+  eval_dir = workdir / "eval"
+  results = json.loads((eval_dir / "results.json").read_text())
+  assert set(results) == evaluators
+  assert set(results["held_out"]) == {"start", "rl"}
+  for name, table in results.items():
+    for row, metrics in table.items():
+      assert metrics, (name, row)
+      for metric, value in metrics.items():
+        where = f"{name}/{row}/{metric}={value}"
+        assert value is not None and math.isfinite(value), where
+        bounds = [(lo, hi) for prefix, lo, hi in RANGES if metric.startswith(prefix)]
+        assert bounds, f"{where}: no range declared for this metric"
+        assert bounds[0][0] <= value <= bounds[0][1], where
+      (eval_dir / f"{name}.png").stat()
+  samples = [json.loads(x) for x in (eval_dir / "samples.jsonl").read_text().splitlines()]
+  assert samples and all(s["start"].strip() and s["rl"].strip() for s in samples), samples[:2]
+  assert "## held_out" in (eval_dir / "report.md").read_text()
+  return results
+
+
+def config_of(spec: str):
+  name, _, variant = spec.removeprefix("configs/").partition(".py:")
+  return importlib.import_module(f"configs.{name}").get_config(variant)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_girl_tiny_end_to_end(tmp_path, algo):
-  train(f"configs/girl.py:tiny,algo={algo}", tmp_path)
-  for stage in ("sft", "reward_model", algo):
-    lines = assert_stage_outputs(tmp_path, stage, 3)
-  assert "reward/mean" in lines[-1] and "rl/kl" in lines[-1]
+  spec = f"configs/girl.py:tiny,algo={algo}"
+  train(spec, tmp_path)
+  for stage in ("sft", "reward_model"):
+    assert_stage_outputs(tmp_path, stage, 3)
+  assert_rl_outputs(tmp_path, algo, config_of(spec))
   if algo == "ppo":
-    assert "critic/explained_variance" in lines[-1]
-  assert (tmp_path / algo / "export" / "model.safetensors").exists()
-  results = json.loads((tmp_path / "eval" / "results.json").read_text())
-  assert set(results) == {"held_out", "enhanced_rec"}
-  assert set(results["held_out"]) == {"start", "rl"}
+    assert "critic/explained_variance" in read_metrics(tmp_path, algo)[-1]
+  results = assert_eval_outputs(tmp_path, {"held_out", "enhanced_rec"})
   assert "truth/oracle_match" in results["held_out"]["rl"]
   assert {"plain/mlp", "plain/dot", "rl/mlp", "start/dot"} <= set(results["enhanced_rec"])
-  assert "cold_start_test/auc" in results["enhanced_rec"]["rl/mlp"]
-  assert (tmp_path / "eval" / "report.md").exists()
-  assert (tmp_path / "eval" / "held_out.png").exists()
-  assert (tmp_path / "eval" / "enhanced_rec.png").exists()
   # Re-running the same command skips every completed stage.
-  again = train(f"configs/girl.py:tiny,algo={algo}", tmp_path)
+  again = train(spec, tmp_path)
   assert again.stderr.count("already complete") == 4
+
+
+def read_metrics(workdir: pathlib.Path, stage: str) -> list[dict]:
+  return [json.loads(x) for x in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("system", ["langptune", "blue", "hifi"])
 def test_grpo_systems_tiny_end_to_end(tmp_path, system):
-  train(f"configs/{system}.py:tiny", tmp_path)
-  lines = assert_stage_outputs(tmp_path, "grpo", 3)
-  assert any(k.startswith("reward/") and k not in ("reward/mean", "reward/std")
-             for k in lines[-1])
-  assert json.loads((tmp_path / "eval" / "results.json").read_text())["held_out"]["rl"]
+  spec = f"configs/{system}.py:tiny"
+  train(spec, tmp_path)
+  assert_rl_outputs(tmp_path, "grpo", config_of(spec))
+  assert_eval_outputs(tmp_path, {"held_out"})
 
 
 def test_mistyped_key_names_the_nearest(tmp_path):
