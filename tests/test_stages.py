@@ -13,7 +13,9 @@ from jaxprof import stages
 
 
 def _config(names) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(stages=tuple(names)))
+  return ml_collections.ConfigDict(dict(
+      stages=tuple(names), checkpoint=dict(every=3, keep=2), log=dict(every=100),
+      max_nonfinite=3))
 
 
 # ------------------------------------------------------------------------------ atomic writes
@@ -180,9 +182,9 @@ def test_all_finite():
 
 
 def _toy_stage(crash_at: int | None):
-  """A tiny SGD stage using the checkpointer, metric writer and guard the way trainers do."""
-  from jaxprof.checkpoint import Checkpointer
-  from jaxprof.metrics import MetricWriter
+  """A tiny SGD stage run by the loop every trainer uses (`trainers.loop.run`): checkpoint every
+  3 steps, resume, guard, metrics. `crash_at` preempts the run before that step."""
+  from jaxprof.trainers import loop
 
   total = 10
 
@@ -191,28 +193,16 @@ def _toy_stage(crash_at: int | None):
     noise = jax.random.normal(jax.random.fold_in(rng, state["step"]), state["w"].shape)
     grad = state["w"] + noise
     new = {"w": state["w"] - 0.1 * grad, "step": state["step"] + 1}
-    flags = stages.finite_flags({"train/loss": jnp.sum(grad**2)})
-    return stages.select_if_finite(new, state, flags["train/loss"]), {
-        "train/loss": jnp.sum(grad**2)}, flags
+    return new, {"train/loss": jnp.sum(grad**2), "train/finite": jnp.isfinite(jnp.sum(grad))}
 
   def run(ctx, stage_dir, inputs):
+    def one_step(state, step):
+      if step + 1 == crash_at:
+        raise KeyboardInterrupt("preempted")
+      return update(state, jax.random.key(0))
+
     state = {"w": jnp.arange(4.0), "step": jnp.int32(0)}
-    rng = jax.random.key(0)
-    ckpt = Checkpointer(stage_dir / "checkpoints", every=3, keep=2)
-    start = 0
-    if (step := ckpt.latest_step()) is not None:
-      restored, meta = ckpt.restore(step, jax.eval_shape(lambda: {"state": state, "rng": rng}))
-      state, rng, start = restored["state"], restored["rng"], meta["step"]
-    guard = stages.NonFiniteGuard(3)
-    with MetricWriter.for_stage(stage_dir, total, start_step=start, progress=False) as writer:
-      for step in range(start + 1, total + 1):
-        if step == crash_at:
-          raise KeyboardInterrupt("preempted")
-        state, metrics, flags = update(state, rng)
-        guard(step, flags)
-        writer.write(step, metrics)
-        ckpt.save(step, {"state": state, "rng": rng}, {"step": step}, force=step == total)
-    ckpt.close()
+    state, _ = loop.run(stage_dir, state, one_step, total, ctx.config)
     return {"w": np.asarray(state["w"]).tolist()}
 
   return run

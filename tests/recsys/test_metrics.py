@@ -92,8 +92,11 @@ def test_ranking_metrics_jit_inside_reward_and_means():
   def reward(s, t):
     return metrics.ndcg_at_k(metrics.rank_of_targets(s, t), 10)
 
-  np.testing.assert_allclose(
-      reward(scores, targets), metrics.ndcg_at_k(metrics.rank_of_targets(scores, targets), 10))
+  # Independent reference: rank = 1 + items scored above the target; NDCG@10 of one relevant item
+  # is 1 / log2(rank + 1) inside the top 10, else 0.
+  ranks = 1 + (scores > scores[np.arange(8), targets][:, None]).sum(axis=1)
+  want = np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
+  np.testing.assert_allclose(reward(scores, targets), want, rtol=1e-6)
   means, per_user = metrics.ranking_metrics(scores, targets, ks=(5, 10))
   assert set(means) == {"recall@5", "ndcg@5", "recall@10", "ndcg@10", "mrr"}
   assert means["mrr"] == pytest.approx(per_user["mrr"].mean())
