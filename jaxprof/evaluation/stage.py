@@ -69,7 +69,7 @@ def report(config, results: Mapping[str, evaluation.Table], samples) -> str:
   out = [f"# Evaluation: {config.system}\n",
          "`truth/*` is the system's independent measure; `reward/*` is what RL optimised.\n"]
   for name, table in results.items():
-    doc = (evaluation.get(name).__doc__ or "").strip().split("\n")[0]
+    doc = " ".join((evaluation.get(name).__doc__ or "").strip().split("\n\n")[0].split())
     out += [f"## {name}\n", doc + "\n" if doc else "", *_table(table), ""]
   if samples:
     out.append("## Samples\n")
