@@ -1,5 +1,6 @@
 """The reward-model stage as a unit: it learns separable pairs, and save -> load -> score agrees."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -36,3 +37,36 @@ def test_learns_separable_pairs_and_scores_the_same_after_loading(tmp_path):
   assert np.mean(chosen > rejected) == pytest.approx(out["eval_pairwise_accuracy"])
   loss = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert len(loss) == 40
+
+
+class Preempted(Exception):
+  pass
+
+
+@pytest.mark.slow
+def test_preempted_stage_resumes_bit_equal(tmp_path, monkeypatch):
+  from jaxprof.trainers import artifacts
+
+  config = girl.get_config("tiny")
+  config.reward_model.optim.total_steps, config.checkpoint.every = 6, 2
+  mesh = parallel.make_mesh(data=1)
+  train = lambda d: reward_model.train(config, d, pairs(16), pairs(8), "tiny", mesh)
+  clean = train(tmp_path / "clean")
+  real, calls = reward_model._pair_batch, {"n": 0}
+
+  def failing(*args):
+    calls["n"] += 1
+    if calls["n"] == 5:  # steps 1-4 ran and step 4 is checkpointed
+      raise Preempted
+    return real(*args)
+
+  monkeypatch.setattr(reward_model, "_pair_batch", failing)
+  with pytest.raises(Preempted):
+    train(tmp_path / "crash")
+  monkeypatch.setattr(reward_model, "_pair_batch", real)
+  resumed = train(tmp_path / "crash")
+  a, _ = artifacts.load_pytree(clean["reward_model_dir"])
+  b, _ = artifacts.load_pytree(resumed["reward_model_dir"])
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+  assert resumed["eval_pairwise_accuracy"] == clean["eval_pairwise_accuracy"]
