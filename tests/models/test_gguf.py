@@ -388,3 +388,23 @@ def test_smollm2_chat_answer_is_fluent_english(smollm2_hf):
   words = text.split()
   assert "Paris" in text and len(words) >= 4, text
   assert sum(w.isascii() and any(c.isalpha() for c in w) for w in words) >= 0.8 * len(words), text
+
+
+@pytest.mark.slow
+def test_packaged_conversion_matches_transformers_own_gguf_loader():
+  """An independent conversion: transformers de-quantizes and un-permutes the packaged GGUF with
+  its own reader; our converted directory must give the same logits."""
+  import torch
+  import transformers
+
+  from jaxprof import api
+
+  src = assets.asset_path(assets.SMOLLM2, gguf_convert.SMOLLM2_GGUF)
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      str(src.parent), gguf_file=src.name, torch_dtype=torch.float32)
+  ids = np.array([[1, 504, 3575, 282, 4649, 314, 2114, 30]])
+  with torch.no_grad():
+    want = reference(input_ids=torch.tensor(ids)).logits.numpy()
+  got = api.load_lm().logits(ids)
+  assert np.abs(want).max() > 5.0  # real logits: the tolerance means something
+  np.testing.assert_allclose(got, want, atol=5e-4, rtol=0)
