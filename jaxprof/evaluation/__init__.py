@@ -6,7 +6,7 @@ An evaluator is `fn(ev: Context, **kwargs) -> Result`, registered under a name w
 (generic ones in this package, a paper's own in its `jaxprof.systems` module). The eval stage
 (`stage.py`) runs each configured evaluator on the policies the run produced (the start policy and
 the RL export) and writes their tables; neither it nor the report writer knows any evaluator.
-Every evaluator generates text through `Context.generate`.
+Every evaluator generates text through `Context.rollouts` (or `generate`, its texts).
 """
 
 from __future__ import annotations

@@ -19,16 +19,16 @@ def held_out(ev: evaluation.Context, samples_shown: int = 8) -> evaluation.Resul
   table, texts = {}, {}
   for name in ev.policies:
     totals, terms, texts[name] = [], {}, []
+    tok = ev.load(name)[2]
     batches = ev.rollouts(name, [system.prompt(r) for r in rows])
     for i, (prompts, ro) in enumerate(batches):  # rewards per batch, as RL computes them
       chunk = rows[i * ev.config.eval.batch_size:][:len(prompts)]
       cols = {k: [r[k] for r in chunk] for k in system.columns}
-      values, valid, means = rollout.text_reward_fn(reward, ev.load(name)[2], prompts, cols)(ro)
+      values, valid, means = rollout.text_reward_fn(reward, tok, prompts, cols)(ro)
       texts[name] += ro.completions
       totals += [float(v) if ok else np.nan for v, ok in zip(values, valid, strict=True)]
       for k, v in means.items():
         terms.setdefault(k, []).append(v)
-    tok = ev.load(name)[2]
     table[name] = {"reward/total": float(np.nanmean(totals)),
                    **{k: float(np.nanmean(v)) for k, v in terms.items()},
                    **system.truth(rows, texts[name]),

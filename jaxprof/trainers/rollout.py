@@ -83,7 +83,8 @@ def text_reward_fn(reward, tokenizer, prompts: Sequence[str],
   from jaxprof.rewards.base import RewardBatch
 
   def fn(rollout: Rollout):
-    rollout.completions = tokenizer.decode_batch(rollout.comp_ids, rollout.comp_mask)
+    if not rollout.completions:  # decoded once (the eval's generation already decodes)
+      rollout.completions = tokenizer.decode_batch(rollout.comp_ids, rollout.comp_mask)
     rows = rollout.row_prompt
     batch = RewardBatch(prompts=[prompts[i] for i in rows], completions=rollout.completions,
                         completion_ids=rollout.comp_ids, completion_mask=rollout.comp_mask,
