@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -150,6 +151,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def shard_batch(batch, mesh: Mesh):
   """device_put every array of a batch pytree with its leading dim split over the batch axes."""
   return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x))), batch)
+
+
+def to_host(tree):
+  """numpy copies of a pytree's arrays. Arrays that span other processes' devices (a multi-host
+  run) are gathered from every process, so all processes must call this together."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(get, tree)
 
 
 def sharded_fraction(tree) -> float:

@@ -140,9 +140,10 @@ def read_metrics(workdir: pathlib.Path, stage: str) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("system", ["langptune", "blue", "hifi"])
-def test_grpo_systems_tiny_end_to_end(tmp_path, system):
-  spec = f"configs/{system}.py:tiny"
+@pytest.mark.parametrize("variant", ["langptune.py:tiny", "blue.py:tiny", "hifi.py:tiny",
+                                     "hifi.py:tiny,reward=listwise", "blue.py:tiny,lora=4"])
+def test_grpo_systems_tiny_end_to_end(tmp_path, variant):
+  spec = f"configs/{variant}"
   train(spec, tmp_path)
   assert_rl_outputs(tmp_path, "grpo", config_of(spec))
   assert_eval_outputs(tmp_path, {"held_out"})

@@ -9,6 +9,7 @@ Examples are keyed by row index, and TFDS orders records by key hash, which is d
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import pathlib
@@ -153,9 +154,20 @@ def get_builder(name: str, *, seed: int = 0, data_dir: str | pathlib.Path | None
 
 def build(name: str, *, seed: int = 0, data_dir: str | pathlib.Path | None = None,
           **sizes) -> _Builder:
-  """Builds (once; later calls reuse the files) and returns the builder."""
+  """Builds (once; later calls reuse the files) and returns the builder.
+
+  Processes sharing the cache (the hosts of a local multi-process run, pytest workers) take a file
+  lock, so one builds and the others wait and then read its files.
+  """
   builder = get_builder(name, seed=seed, data_dir=data_dir, **sizes)
-  if not builder.is_prepared():
-    tfds.disable_progress_bar()
-    builder.download_and_prepare()
+  if builder.is_prepared():
+    return builder
+  lock = pathlib.Path(builder.data_dir).parent / "build.lock"
+  lock.parent.mkdir(parents=True, exist_ok=True)
+  with open(lock, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    builder = get_builder(name, seed=seed, data_dir=data_dir, **sizes)
+    if not builder.is_prepared():
+      tfds.disable_progress_bar()
+      builder.download_and_prepare()
   return builder

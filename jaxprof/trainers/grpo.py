@@ -85,14 +85,15 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
              "advantages": np.asarray(advantages, np.float32)}
     if rl.kl_coef > 0:
       with timer("reference"):
-        batch["ref_logprobs"] = np.asarray(ref_fn(ref_params, parallel.shard_batch(batch, mesh)))
+        batch["ref_logprobs"] = parallel.to_host(ref_fn(ref_params,
+                                                          parallel.shard_batch(batch, mesh)))
     rng = np.random.default_rng([config.seed, step])
     with timer("update"):
       for _ in range(rl.epochs):
         for rows in rollout.minibatches(len(rewards), rl.num_minibatches, rng, ro_cfg.group_size):
           mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
           state, m = update(state, frozen, mb, step_key)
-      m = jax.device_get(m)
+      m = parallel.to_host(m)
     fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, ro.prompt_group)
     return state, {**m, **rollout.rollout_stats(ro, rewards, valid), **terms,
                    **timer.metrics(rollout=fwd, reference=fwd * (rl.kl_coef > 0),

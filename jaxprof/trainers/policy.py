@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxprof import buckets
+from jaxprof import buckets, parallel
 from jaxprof.models import causal_lm, hf, layers, lora
 from jaxprof.models.layers import RopeConfig
 from jaxprof.models.llama import LlamaConfig
@@ -140,7 +140,7 @@ def export(spec: PolicySpec, trainable: Any, frozen: Any, tokenizer: Tokenizer,
   """Writes the (LoRA-merged) float32 policy as an HF directory that transformers loads."""
   params = lora.merge(frozen["base"], trainable, spec.lora_alpha, spec.lora_rank) \
       if spec.uses_lora else trainable
-  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
+  params = jax.tree.map(lambda x: x.astype(np.float32), parallel.to_host(params))
   out = hf.save_hf(params, spec.cfg, out_dir, tokenizer_dir=tokenizer.path)
   logging.info("exported policy to %s", out)
   return out.resolve()  # recorded in DONE.json: must not depend on the working directory

@@ -117,8 +117,8 @@ def build(config, start: policy.Start, critic: Critic, prompt_batch: PromptBatch
              "comp_mask": ro.comp_mask, "old_logprobs": ro.logprobs}
     sharded = parallel.shard_batch(batch, mesh)
     with timer("reference"):  # reference log-probs and the critic's values
-      ref_lp = jax.block_until_ready(ref_fn(ref_params, sharded))
-      old_values = jax.block_until_ready(values_fn(state["critic"].params, sharded))
+      ref_lp, old_values = parallel.to_host((ref_fn(ref_params, sharded),
+                                             values_fn(state["critic"].params, sharded)))
     kl = losses.kl_penalty(jnp.asarray(ro.logprobs), ref_lp, jnp.asarray(ro.comp_mask),
                            kind=rl.kl_estimator)
     token_rewards = adv_lib.sequence_reward_to_token_rewards(
@@ -137,7 +137,7 @@ def build(config, start: policy.Start, critic: Critic, prompt_batch: PromptBatch
           mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
           pol, m_pol = update_policy(pol, frozen, mb, step_key)
           crit, m_crit = update_critic(crit, {}, mb, step_key)
-      m_pol, m_crit = jax.device_get((m_pol, m_crit))
+      m_pol, m_crit = parallel.to_host((m_pol, m_crit))
     fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, ro.prompt_group)
     critic_fwd = perf.forward_flops(critic_cfg, ro.prompt_mask, ro.comp_mask, ro.prompt_group,
                                     head=False)

@@ -4,7 +4,6 @@ Slow: loads the converted checkpoint (converted from the GGUF once, then cached)
 into `transformers` on torch CPU, once per module.
 """
 
-import functools
 import re
 
 import jax
@@ -14,7 +13,6 @@ import torch
 import transformers
 
 from jaxprof import api, sampling
-from jaxprof.models import causal_lm
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +35,6 @@ def hf_model(lm):
   return model.eval()
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def jax_logits(params: dict, cfg: causal_lm.LMConfig, tokens: jax.Array,
-               mask: jax.Array) -> jax.Array:
-  """[B, T, V] float32 logits of tokens [B, T] (mask [B, T] bool)."""
-  hidden, _ = causal_lm.forward(params, cfg, tokens, mask)
-  return causal_lm.logits(params, cfg, hidden)
-
-
 def test_logits_match_transformers_on_padded_prompts(lm, hf_model):
   tokens, mask = lm.tokenizer.encode_batch(PROMPTS, padding_side="left")
   assert not mask.all()  # the prompts differ in length, so some rows are padded
@@ -53,10 +43,15 @@ def test_logits_match_transformers_on_padded_prompts(lm, hf_model):
     expected = hf_model(input_ids=torch.tensor(tokens, dtype=torch.long),
                         attention_mask=torch.tensor(mask, dtype=torch.long),
                         position_ids=torch.tensor(positions, dtype=torch.long)).logits.numpy()
-  got = np.asarray(jax_logits(lm.params, lm.cfg, tokens, mask))
+  got = lm.logits(tokens, mask)  # the public api.LM.logits
+  assert isinstance(got, np.ndarray) and got.dtype == np.float32
   assert got.shape == expected.shape == (*tokens.shape, lm.cfg.vocab_size)
   assert np.abs(expected[mask]).max() > 5.0  # real logits, so the tolerance is meaningful
   np.testing.assert_allclose(got[mask], expected[mask], atol=1e-3, rtol=0)
+  # Without a mask every position is real: the longest (unpadded) row gives the same logits.
+  full = mask.all(axis=1)
+  assert full.any()
+  np.testing.assert_allclose(lm.logits(tokens[full]), expected[full], atol=1e-3, rtol=0)
 
 
 def test_greedy_ids_match_transformers_generate(lm, hf_model):
