@@ -191,6 +191,9 @@ def rl_config(algo: str = "grpo", steps: int = 100, lr: float = 1e-6, kl_coef: f
       eps_low=0.2, eps_high=0.28, dual_clip=0.0, ratio_level="token", agg_mode="token_mean",
       # KL to the frozen reference: in the loss (GRPO, k3) or in the reward (PPO, k1).
       kl_coef=kl_coef, kl_estimator="k3" if algo == "grpo" else "k1",
+      # Completions cut off by rollout.max_new_tokens: "keep" (scored as finished texts), "mask"
+      # (left out of the update, like a None reward) or "penalty" (truncation_penalty added).
+      truncated="keep", truncation_penalty=-1.0,
       optim=optim_config(lr=lr, warmup=0, total_steps=steps, schedule="constant",
                          clip_norm=1.0)))
 

@@ -296,6 +296,27 @@ def _algorithm_sections(config: Any) -> list[str]:
                     f"algorithm with the config's argument (e.g. configs/girl.py:algo={algo})")
   problems += [f"{other}: a section for rl.algo={other!r}, but rl.algo={algo!r}"
                for other in ALGORITHMS if other != algo and other in config]
+  return problems + _rl_combinations(config)
+
+
+def _rl_combinations(config: Any) -> list[str]:
+  """Settings that are each valid but together train something other than they say."""
+  rl, problems = config.rl, []
+  if rl.get("algo") == "grpo" and rl.get("kl_coef", 0) > 0 and rl.get("kl_estimator") == "k1":
+    problems.append("rl.kl_estimator='k1' in GRPO's loss: its expected gradient is 0 (E_pi[grad "
+                    "log pi] = 0), so the KL term does nothing; use 'k3' (the default) or 'k2'")
+  grpo = config.get("grpo") or {}
+  if grpo.get("advantage") == "dr_grpo" and rl.get("agg_mode") != "seq_mean_token_sum_norm":
+    problems.append(f"grpo.advantage='dr_grpo' with rl.agg_mode={rl.get('agg_mode')!r}: Dr.GRPO "
+                    "is both its advantage and its length-unbiased aggregation; set "
+                    "--config.rl.agg_mode=seq_mean_token_sum_norm")
+  clip = max(rl.get("eps_low", 0), rl.get("eps_high") or 0)
+  if rl.get("ratio_level") == "sequence" and clip > 0.01:
+    problems.append(f"rl.ratio_level='sequence' (GSPO) with clip range {rl.get('eps_low')}/"
+                    f"{rl.get('eps_high')}: a sequence ratio is clipped to ~3e-4/4e-4 (GSPO); set "
+                    "--config.rl.eps_low=3e-4 --config.rl.eps_high=4e-4")
+  if "truncated" in rl and rl.truncated not in ("keep", "mask", "penalty"):
+    problems.append(f"rl.truncated={rl.truncated!r}: expected 'keep', 'mask' or 'penalty'")
   return problems
 
 

@@ -52,6 +52,13 @@ class Sampling:
       logits = jnp.where(logits < cutoff[:, None], -jnp.inf, logits)
     return categorical(key, logits)
 
+  def log_probs(self, logits: jax.Array) -> jax.Array:
+    """log softmax(logits / temperature) [B, V] (raw logits when greedy): the log-probabilities
+    recorded for RL. top-k and top-p are not applied: like TRL and verl, the ratio and KL refer
+    to the tempered full distribution, of which the truncated one is a renormalised part."""
+    t = self.temperature or 1.0
+    return jax.nn.log_softmax(logits / t if t != 1.0 else logits)
+
 
 def categorical(key: jax.Array, logits: jax.Array, block: int = 256) -> jax.Array:
   """Exact draws from softmax(logits) [B, V] -> [B] int32, with two uniforms per row.
@@ -82,8 +89,8 @@ def categorical(key: jax.Array, logits: jax.Array, block: int = 256) -> jax.Arra
 class Completions:
   """tokens, logprobs, mask: [B * G, N]; mask marks generated tokens up to and including EOS.
 
-  logprobs are log-softmax of the model's raw logits (no temperature) at the chosen tokens: the
-  policy's own log-probabilities, as RL needs them.
+  logprobs are `Sampling.log_probs` at the chosen tokens: log-softmax of the logits divided by the
+  temperature (raw logits when greedy), the distribution the tokens were drawn from.
   """
 
   tokens: jax.Array
@@ -139,7 +146,7 @@ def sample(params: dict, cfg: causal_lm.LMConfig, prompt_tokens: jax.Array, prom
 
   def body(s: _LoopState) -> _LoopState:
     token = sampling.choose(s.last_logits, jax.random.fold_in(key, s.step))
-    logprob = jnp.take_along_axis(jax.nn.log_softmax(s.last_logits), token[:, None], axis=-1)[:, 0]
+    logprob = jnp.take_along_axis(sampling.log_probs(s.last_logits), token[:, None], axis=-1)[:, 0]
     live = ~s.done
     token = jnp.where(live, token, pad_id)
     hidden, cache = causal_lm.forward(params, cfg, token[:, None], jnp.ones((rows, 1), bool),

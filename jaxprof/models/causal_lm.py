@@ -123,7 +123,7 @@ def continuation_states(params: dict, cfg: LMConfig, prompt_ids: jax.Array, prom
 
 
 def token_logprobs(params: dict, cfg: LMConfig, hidden: jax.Array, targets: jax.Array,
-                   chunk_size: int = 512, with_entropy: bool = False):
+                   chunk_size: int = 512, with_entropy: bool = False, temperature: float = 1.0):
   """log p(targets) under the LM head, computed a chunk of tokens at a time.
 
   Args:
@@ -131,6 +131,8 @@ def token_logprobs(params: dict, cfg: LMConfig, hidden: jax.Array, targets: jax.
     chunk_size: tokens (of the flattened B * T) per chunk; peak memory is chunk_size * V floats
       instead of B * T * V.
     with_entropy: also return the per-position entropy of the predictive distribution.
+    temperature: a Python float; the distribution is softmax(logits / temperature), the one a
+      sampler at that temperature draws from.
   Returns:
     logprobs [B, T] float32 (and entropy [B, T] float32 if asked). Backward recomputes each chunk's
     logits (jax.checkpoint) so the gradient does not keep them either.
@@ -146,6 +148,8 @@ def token_logprobs(params: dict, cfg: LMConfig, hidden: jax.Array, targets: jax.
   @jax.checkpoint
   def one_chunk(h_c, y_c):
     z = jnp.einsum("CD,DV->CV", h_c, w, preferred_element_type=jnp.float32)
+    if temperature != 1.0:
+      z = z / temperature
     logz = jax.nn.logsumexp(z, axis=-1)
     lp = jnp.take_along_axis(z, y_c[:, None], axis=-1)[:, 0] - logz
     if not with_entropy:

@@ -32,10 +32,26 @@ class TrainState:
   skipped: jax.Array  # [] int32: updates skipped because the loss or a gradient was not finite
 
 
-def make_optimizer(optim) -> optax.GradientTransformation:
-  """AdamW with linear warmup then cosine/linear/constant decay, and global-norm clipping."""
-  warmup = min(optim.warmup, max(optim.total_steps - 1, 0))
-  decay_steps = max(optim.total_steps - warmup, 1)
+def make_optimizer(optim, updates_per_step: int = 1) -> optax.GradientTransformation:
+  """AdamW on `lr_schedule(optim, updates_per_step)`, with global-norm clipping."""
+  chain = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm > 0 else []
+  chain.append(optax.adamw(lr_schedule(optim, updates_per_step), b1=optim.b1, b2=optim.b2,
+                           weight_decay=optim.weight_decay))
+  return optax.chain(*chain)
+
+
+def lr_schedule(optim, updates_per_step: int = 1) -> optax.Schedule:
+  """Linear warmup then cosine/linear/constant decay, as a function of the update count.
+
+  optim.warmup and optim.total_steps count the stage's steps; a step makes `updates_per_step`
+  optimizer updates (RL: epochs x minibatches), so the schedule is stretched by that factor and
+  ends where the stage does.
+  """
+  if updates_per_step < 1:
+    raise ValueError(f"updates_per_step must be >= 1, got {updates_per_step}")
+  total = optim.total_steps * updates_per_step
+  warmup = min(optim.warmup * updates_per_step, max(total - 1, 0))
+  decay_steps = max(total - warmup, 1)
   if optim.schedule == "cosine":
     decay = optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=0.1)
   elif optim.schedule == "linear":
@@ -44,11 +60,8 @@ def make_optimizer(optim) -> optax.GradientTransformation:
     decay = optax.constant_schedule(optim.lr)
   else:
     raise ValueError(f"optim.schedule={optim.schedule!r}; expected cosine, linear or constant")
-  schedule = optax.join_schedules(
+  return optax.join_schedules(
       [optax.linear_schedule(0.0, optim.lr, max(warmup, 1)), decay], [warmup])
-  chain = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm > 0 else []
-  chain.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
-  return optax.chain(*chain)
 
 
 def create_state(params: Any, axes: Any, tx: optax.GradientTransformation, mesh: Mesh,

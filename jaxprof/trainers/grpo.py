@@ -31,7 +31,7 @@ def grpo_loss(spec: policy.PolicySpec, config, single_update: bool, trainable, f
   rl, max_len = config.rl, config.rollout.max_new_tokens
   mask = batch["comp_mask"]
   lp, ent = rollout.policy_logprobs(spec, rollout.prompt_group(config.rollout), trainable, frozen,
-                                    batch)
+                                    batch, rollout.logprob_temperature(config.rollout))
   old = jax.lax.stop_gradient(lp) if single_update else batch["old_logprobs"]
   loss, m = losses.policy_loss(
       lp, old, batch["advantages"], mask, eps_low=rl.eps_low, eps_high=rl.eps_high,
@@ -57,13 +57,14 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
   eos_ids, pad_id = start.eos_ids, start.tok.pad_id
   rl, ro_cfg, grpo = config.rl, config.rollout, config.grpo
   single = rl.epochs == 1 and rl.num_minibatches == 1
-  tx = common.make_optimizer(rl.optim)
+  tx = common.make_optimizer(rl.optim, rollout.updates_per_step(rl))
   state, shardings = common.create_state(start.trainable, start.axes, tx, mesh,
                                          config.mesh.rules)
   update = common.jit_update(common.make_update(
       functools.partial(grpo_loss, spec, config, single), tx, rl.optim.grad_accum, "rl"), shardings,
       config.mesh.rules)
-  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rollout.prompt_group(ro_cfg)))
+  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, rollout.prompt_group(ro_cfg),
+                                     temperature=rollout.logprob_temperature(ro_cfg)))
   key = jax.random.key(config.seed)
   shapes = buckets.ShapeLog("grpo")
 
@@ -77,23 +78,26 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
     shapes(prompt=ro.prompt_ids.shape[1], completion=ro.comp_ids.shape[1])
     with timer("reward"):
       rewards, valid, terms = reward_fn(ro)
+    rewards, valid = rollout.apply_truncation_rule(ro, rewards, valid, rl)
     advantages = adv_lib.group_advantages(
         rewards, valid, group_size=ro_cfg.group_size, method=grpo.advantage,
         std_ddof=grpo.std_ddof, eps=grpo.adv_eps, scale=grpo.adv_scale or None)
     batch = {"prompt_ids": ro.prompt_ids, "prompt_mask": ro.prompt_mask, "comp_ids": ro.comp_ids,
-             "comp_mask": ro.comp_mask, "old_logprobs": ro.logprobs,
+             "comp_mask": rollout.update_mask(ro, valid), "old_logprobs": ro.logprobs,
              "advantages": np.asarray(advantages, np.float32)}
     if rl.kl_coef > 0:
       with timer("reference"):
         batch["ref_logprobs"] = parallel.to_host(ref_fn(ref_params,
                                                           parallel.shard_batch(batch, mesh)))
     rng = np.random.default_rng([config.seed, step])
+    finite = True  # the non-finite guard sees every minibatch, not the last one
     with timer("update"):
       for _ in range(rl.epochs):
         for rows in rollout.minibatches(len(rewards), rl.num_minibatches, rng, ro_cfg.group_size):
           mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
           state, m = update(state, frozen, mb, step_key)
-      m = parallel.to_host(m)
+          finite = finite & m["rl/finite"]
+      m = parallel.to_host(dict(m, **{"rl/finite": finite}))
     fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, ro.prompt_group)
     return state, {**m, **rollout.rollout_stats(ro, rewards, valid), **terms,
                    **timer.metrics(rollout=fwd, reference=fwd * (rl.kl_coef > 0),
@@ -113,7 +117,7 @@ def train(config, stage_dir: pathlib.Path, start: policy.Start, prompt_batch: Pr
 
 def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
   """The grpo stage: from the SFT export (or model.path), on the system's RL prompts."""
-  rollout.check_algo(ctx.config, "grpo")
+  rollout.check_config(ctx.config, "grpo")
   start = policy.start(ctx.config, policy.start_dir(ctx.config, inputs))
   prompts = rollout.prompt_batches(ctx.system, start.tok, ctx.system.reward(inputs), ctx.config)
   state, last = train(ctx.config, stage_dir, start, prompts, ctx.mesh)

@@ -114,25 +114,33 @@ def effective_params(spec: PolicySpec, trainable: Any, frozen: Any) -> dict:
   """Full params for the forward pass, in the compute dtype."""
   params = (lora.merge(frozen["base"], trainable, spec.lora_alpha, spec.lora_rank)
             if spec.uses_lora else trainable)
+  return in_compute_dtype(spec, params)
+
+
+def in_compute_dtype(spec: PolicySpec, params: dict) -> dict:
+  """params cast to spec.compute_dtype. The reference runs through this too: KL(pi || ref) is
+  then exactly 0 while pi == ref, whatever the compute dtype."""
   dtype = DTYPES[spec.compute_dtype]
-  if dtype != jnp.float32:
-    params = jax.tree.map(lambda x: x.astype(dtype), params)
-  return params
+  if dtype == jnp.float32:
+    return params
+  return jax.tree.map(lambda x: x.astype(dtype), params)
 
 
 def completion_logprobs(spec: PolicySpec, params: dict, prompt_ids: jax.Array,
                         prompt_mask: jax.Array, comp_ids: jax.Array, comp_mask: jax.Array,
-                        with_entropy: bool = False, group_size: int = 1):
+                        with_entropy: bool = False, group_size: int = 1,
+                        temperature: float = 1.0):
   """log p(completion tokens | prompt and earlier completion tokens): [R, N] float32.
 
   prompt_ids/mask: [R, P] left-padded; comp_ids/mask: [R, N] right-padded. With group_size=G,
   rows come in groups of G that share one prompt (rollout order), and each prompt runs through the
-  network once (`causal_lm.continuation_states`).
+  network once (`causal_lm.continuation_states`). temperature: of the distribution the tokens
+  were sampled from (`causal_lm.token_logprobs`).
   """
   hidden = causal_lm.continuation_states(params, spec.cfg, prompt_ids, prompt_mask, comp_ids,
                                          comp_mask, group_size, spec.remat)
   return causal_lm.token_logprobs(params, spec.cfg, hidden, comp_ids, spec.chunk_size,
-                                  with_entropy)
+                                  with_entropy, temperature)
 
 
 def export(spec: PolicySpec, trainable: Any, frozen: Any, tokenizer: Tokenizer,

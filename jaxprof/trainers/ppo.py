@@ -41,7 +41,7 @@ def policy_loss_fn(spec, config, trainable, frozen, batch, rng):
   rl = config.rl
   mask = batch["comp_mask"]
   lp, ent = rollout.policy_logprobs(spec, rollout.prompt_group(config.rollout), trainable, frozen,
-                                    batch)
+                                    batch, rollout.logprob_temperature(config.rollout))
   loss, m = losses.policy_loss(
       lp, batch["old_logprobs"], batch["advantages"], mask, eps_low=rl.eps_low,
       eps_high=rl.eps_high, dual_clip=rl.dual_clip or None, ratio_level=rl.ratio_level,
@@ -81,10 +81,10 @@ def build(config, start: policy.Start, critic: Critic, prompt_batch: PromptBatch
   eos_ids, pad_id = start.eos_ids, start.tok.pad_id
   critic_cfg = critic.cfg
   rl, ro_cfg, ppo = config.rl, config.rollout, config.ppo
-  tx = common.make_optimizer(rl.optim)
+  tx = common.make_optimizer(rl.optim, rollout.updates_per_step(rl))
   critic_optim = rl.optim.copy_and_resolve_references()
   critic_optim.lr = ppo.critic_lr
-  critic_tx = common.make_optimizer(critic_optim)
+  critic_tx = common.make_optimizer(critic_optim, rollout.updates_per_step(rl))
   pol, pol_sh = common.create_state(start.trainable, start.axes, tx, mesh, config.mesh.rules)
   crit, crit_sh = common.create_state(critic.params, heads.scored_model_axes(critic_cfg),
                                       critic_tx, mesh, config.mesh.rules)
@@ -97,7 +97,8 @@ def build(config, start: policy.Start, critic: Critic, prompt_batch: PromptBatch
       functools.partial(critic_loss_fn, critic_cfg, config, spec.remat), critic_tx,
       rl.optim.grad_accum, "critic"), crit_sh, config.mesh.rules)
   g = rollout.prompt_group(ro_cfg)
-  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, g))
+  ref_fn = jax.jit(functools.partial(rollout.ref_logprobs, spec, g,
+                                     temperature=rollout.logprob_temperature(ro_cfg)))
   values_fn = jax.jit(functools.partial(critic_values, critic_cfg, g, False))
   key = jax.random.key(config.seed)
   shapes = buckets.ShapeLog("ppo")
@@ -112,39 +113,46 @@ def build(config, start: policy.Start, critic: Critic, prompt_batch: PromptBatch
     shapes(prompt=ro.prompt_ids.shape[1], completion=ro.comp_ids.shape[1])
     with timer("reward"):
       scores, valid, terms = reward_fn(ro)
-    scores = np.where(valid, scores, 0.0).astype(np.float32)  # a None score counts as 0
+    scores, valid = rollout.apply_truncation_rule(ro, scores, valid, rl)
+    scores = np.where(valid, scores, 0.0).astype(np.float32)  # those rows are masked out below
+    mask = rollout.update_mask(ro, valid)
     batch = {"prompt_ids": ro.prompt_ids, "prompt_mask": ro.prompt_mask, "comp_ids": ro.comp_ids,
-             "comp_mask": ro.comp_mask, "old_logprobs": ro.logprobs}
+             "comp_mask": mask, "old_logprobs": ro.logprobs}
     sharded = parallel.shard_batch(batch, mesh)
     with timer("reference"):  # reference log-probs and the critic's values
       ref_lp, old_values = parallel.to_host((ref_fn(ref_params, sharded),
                                              values_fn(state["critic"].params, sharded)))
-    kl = losses.kl_penalty(jnp.asarray(ro.logprobs), ref_lp, jnp.asarray(ro.comp_mask),
+    kl = losses.kl_penalty(jnp.asarray(ro.logprobs), ref_lp, jnp.asarray(mask),
                            kind=rl.kl_estimator)
     token_rewards = adv_lib.sequence_reward_to_token_rewards(
-        jnp.asarray(scores), jnp.asarray(ro.comp_mask), kl, state["kl_coef"])
-    advantages, returns = adv_lib.gae(token_rewards, old_values, jnp.asarray(ro.comp_mask),
+        jnp.asarray(scores), jnp.asarray(mask), kl, state["kl_coef"])
+    advantages, returns = adv_lib.gae(token_rewards, old_values, jnp.asarray(mask),
                                       gamma=ppo.gamma, lam=ppo.lam)
     if ppo.whiten_advantages:
-      advantages = adv_lib.whiten(advantages, jnp.asarray(ro.comp_mask))
+      advantages = adv_lib.whiten(advantages, jnp.asarray(mask))
     batch |= {"advantages": np.asarray(advantages), "returns": np.asarray(returns),
               "old_values": np.asarray(old_values)}
     rng = np.random.default_rng([config.seed, step])
     pol, crit = state["policy"], state["critic"]
+    finite = {"rl/finite": True, "critic/finite": True}  # the guard sees every minibatch
     with timer("update"):
       for _ in range(rl.epochs):
         for rows in rollout.minibatches(len(scores), rl.num_minibatches, rng, ro_cfg.group_size):
           mb = parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
           pol, m_pol = update_policy(pol, frozen, mb, step_key)
           crit, m_crit = update_critic(crit, {}, mb, step_key)
-      m_pol, m_crit = parallel.to_host((m_pol, m_crit))
+          finite = {k: v & {**m_pol, **m_crit}[k] for k, v in finite.items()}
+      m_pol, m_crit, finite = parallel.to_host((m_pol, m_crit, finite))
     fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, ro.prompt_group)
     critic_fwd = perf.forward_flops(critic_cfg, ro.prompt_mask, ro.comp_mask, ro.prompt_group,
                                     head=False)
-    seq_kl = jnp.sum(kl, axis=-1).mean()
-    kl_coef = kl_ctl.update(state["kl_coef"], seq_kl, len(scores))
-    metrics = {**m_pol, **m_crit, **rollout.rollout_stats(ro, np.asarray(scores), valid),
-               **terms, "rl/kl": jnp.sum(kl) / jnp.maximum(ro.comp_mask.sum(), 1),
+    # The adaptive controller reads the mean summed KL of the rows that were trained on.
+    n_valid = max(int(valid.sum()), 1)
+    seq_kl = jnp.sum(kl) / n_valid
+    kl_coef = kl_ctl.update(state["kl_coef"], seq_kl, n_valid)
+    metrics = {**m_pol, **m_crit, **finite,
+               **rollout.rollout_stats(ro, np.asarray(scores), valid),
+               **terms, "rl/kl": jnp.sum(kl) / jnp.maximum(mask.sum(), 1),
                "rl/kl_coef": state["kl_coef"], "perf/shapes": shapes.count,
                **timer.metrics(rollout=fwd, reference=fwd + critic_fwd,
                                update=3 * (fwd + critic_fwd) * rl.epochs)}
@@ -163,7 +171,7 @@ def train(config, stage_dir: pathlib.Path, start: policy.Start, critic: Critic,
 
 def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
   """The ppo stage: from the SFT export (or model.path), on the system's RL prompts."""
-  rollout.check_algo(ctx.config, "ppo")
+  rollout.check_config(ctx.config, "ppo")
   policy_dir = policy.start_dir(ctx.config, inputs)
   start = policy.start(ctx.config, policy_dir)
   prompts = rollout.prompt_batches(ctx.system, start.tok, ctx.system.reward(inputs), ctx.config)

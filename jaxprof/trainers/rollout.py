@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from jaxprof import buckets, sampling
 from jaxprof import config as config_lib
@@ -34,6 +35,11 @@ class Rollout:
   row_prompt: np.ndarray  # [R] index of the prompt each row came from
   prompt_group: int = 1  # rows per prompt that later passes read the prompt once for
   completions: list[str] = dataclasses.field(default_factory=list)
+  truncated: np.ndarray | None = None  # [R] bool: stopped by max_new_tokens, not by an EOS
+
+  def __post_init__(self):
+    if self.truncated is None:
+      self.truncated = np.zeros(len(self.comp_ids), bool)
 
 
 def prompt_group(rollout_config) -> int:
@@ -74,7 +80,8 @@ def generate(spec: policy.PolicySpec, trainable: Any, frozen: Any, prompt_ids: n
   return Rollout(prompt_ids=np.repeat(prompt_ids, g, 0), prompt_mask=np.repeat(prompt_mask, g, 0),
                  comp_ids=out.tokens[:, :n], comp_mask=out.mask[:, :n],
                  logprobs=out.logprobs[:, :n], row_prompt=np.repeat(np.arange(len(prompt_ids)), g),
-                 prompt_group=prompt_group(ro))
+                 prompt_group=prompt_group(ro),
+                 truncated=~(np.isin(out.tokens, eos_ids) & out.mask).any(-1))
 
 
 def text_reward_fn(reward, tokenizer, prompts: Sequence[str],
@@ -108,12 +115,17 @@ def _mean_of_valid(values) -> float:
 PromptBatchFn = Callable[[int], tuple[np.ndarray, np.ndarray, RewardFn]]
 
 
-def check_algo(config, stage: str) -> None:
-  """An RL stage runs the algorithm config.rl describes."""
+def check_config(config, stage: str) -> None:
+  """An RL stage runs the algorithm config.rl describes; truncated sampling is pointed out."""
   if config.rl.algo != stage:
     raise config_lib.ConfigError(f"stage {stage!r} listed but config.rl.algo="
                                  f"{config.rl.algo!r}; set --config.rl.algo={stage} or list "
                                  f"stage {config.rl.algo!r}")
+  ro = config.rollout
+  if ro.top_k > 0 or ro.top_p < 1.0:
+    logging.warning("rollout.top_k=%d / top_p=%g truncate the sampling distribution; the ratio, "
+                    "KL and entropy use the tempered full distribution (as TRL and verl do), so "
+                    "they are approximate on the truncated part", ro.top_k, ro.top_p)
 
 
 def prompt_batches(system, tok, reward, config) -> PromptBatchFn:
@@ -142,20 +154,34 @@ def shareable_group(rows: int, group_size: int) -> int:
   return group_size if rows % group_size == 0 else 1
 
 
-def policy_logprobs(spec, group_size: int, trainable, frozen, batch):
+def logprob_temperature(rollout_config) -> float:
+  """The temperature of the distribution rollouts are drawn from (greedy: the raw logits). The
+  trained, reference and recorded log-probs are all of softmax(logits / this), as in TRL and verl:
+  ratio, KL and entropy then refer to the behaviour policy."""
+  return float(rollout_config.temperature) or 1.0
+
+
+def policy_logprobs(spec, group_size: int, trainable, frozen, batch, temperature: float = 1.0):
   """(log-probs [R, N], entropy [R, N]) of the batch's completions under the current policy."""
   params = policy.effective_params(spec, trainable, frozen)
   g = shareable_group(batch["comp_mask"].shape[0], group_size)
   return policy.completion_logprobs(spec, params, batch["prompt_ids"], batch["prompt_mask"],
                                     batch["comp_ids"], batch["comp_mask"], with_entropy=True,
-                                    group_size=g)
+                                    group_size=g, temperature=temperature)
 
 
-def ref_logprobs(spec, group_size: int, frozen_ref, batch) -> jax.Array:
-  """Reference-policy log-probs [R, N] (no gradient)."""
+def ref_logprobs(spec, group_size: int, frozen_ref, batch, temperature: float = 1.0
+                 ) -> jax.Array:
+  """Reference-policy log-probs [R, N] (no gradient), in the policy's compute dtype."""
   g = shareable_group(batch["prompt_ids"].shape[0], group_size)
-  return policy.completion_logprobs(spec, frozen_ref, batch["prompt_ids"], batch["prompt_mask"],
-                                    batch["comp_ids"], batch["comp_mask"], group_size=g)
+  return policy.completion_logprobs(spec, policy.in_compute_dtype(spec, frozen_ref),
+                                    batch["prompt_ids"], batch["prompt_mask"], batch["comp_ids"],
+                                    batch["comp_mask"], group_size=g, temperature=temperature)
+
+
+def updates_per_step(rl_config) -> int:
+  """Optimizer updates per RL step: rl.epochs passes of rl.num_minibatches minibatches."""
+  return rl_config.epochs * rl_config.num_minibatches
 
 
 def agg_weight(mask: jax.Array, mode: str, max_len: int | None = None) -> jax.Array:
@@ -181,11 +207,40 @@ def minibatches(num_rows: int, num_minibatches: int, rng: np.random.Generator,
   return np.split(rows, num_minibatches)
 
 
+TRUNCATED_RULES = ("keep", "mask", "penalty")
+
+
+def apply_truncation_rule(rollout: Rollout, rewards: np.ndarray, valid: np.ndarray, rl_config
+                          ) -> tuple[np.ndarray, np.ndarray]:
+  """(rewards, valid) after rl.truncated, for completions cut off by max_new_tokens:
+  "keep" scores them like finished texts; "mask" leaves them out of the update, as a None reward
+  is (TRL's mask_truncated_completions); "penalty" adds rl.truncation_penalty to their reward (a
+  fixed overlong penalty)."""
+  rule = rl_config.truncated
+  if rule not in TRUNCATED_RULES:
+    raise ValueError(f"rl.truncated={rule!r}; expected one of {TRUNCATED_RULES}")
+  cut = rollout.truncated
+  if rule == "mask":
+    return rewards, valid & ~cut
+  if rule == "penalty":
+    return np.where(cut & valid, rewards + rl_config.truncation_penalty, rewards
+                    ).astype(np.float32), valid
+  return rewards, valid
+
+
+def update_mask(rollout: Rollout, valid: np.ndarray) -> np.ndarray:
+  """The completion mask [R, N] the update trains on. The one rule for a completion without a
+  valid reward (None, or masked as truncated), in PPO and GRPO alike: it is left out of the
+  update, every loss term (policy, KL, entropy, value) and GRPO's group statistics."""
+  return rollout.comp_mask & valid[:, None]
+
+
 def rollout_stats(rollout: Rollout, rewards: np.ndarray, valid: np.ndarray) -> dict[str, float]:
   lengths = rollout.comp_mask.sum(-1)
   r = rewards[valid]
   return {"reward/mean": float(r.mean()) if r.size else float("nan"),
           "reward/std": float(r.std()) if r.size else float("nan"),
           "reward/none_fraction": float(1 - valid.mean()),
+          "rollout/truncated_fraction": float(rollout.truncated.mean()),
           "rollout/length_mean": float(lengths.mean()), "rollout/length_max": float(lengths.max()),
           "perf/tokens": float(rollout.comp_mask.sum() + rollout.prompt_mask.sum())}
