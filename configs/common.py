@@ -199,9 +199,14 @@ def rl_config(algo: str = "grpo", steps: int = 100, lr: float = 1e-6, kl_coef: f
 
 
 def ppo_config(critic_init: str = "reward_model") -> ml_collections.ConfigDict:
-  """PPO's own fields: the critic, GAE, the value loss, the adaptive KL coefficient."""
+  """PPO's own fields: the critic, the advantage, the value loss, the adaptive KL coefficient.
+
+  advantage: "gae" (per-token rewards and values, GAE(gamma, lam)) or "sequence" (one advantage
+  per completion: score - kl_coef * length-averaged KL - V(prompt); jaxprof/trainers/ppo.py).
+  """
   return ml_collections.ConfigDict(dict(
-      critic_init=critic_init, critic_lr=1e-5, gamma=1.0, lam=0.95, value_clip=0.2,
+      critic_init=critic_init, critic_lr=1e-5, advantage="gae", gamma=1.0, lam=0.95,
+      value_clip=0.2,
       whiten_advantages=True, entropy_coef=0.0, kl_target=0.0, kl_horizon=10000))
 
 

@@ -2,6 +2,7 @@ r"""GIRL: generative job recommendation (CV -> job description), SFT -> reward m
 
   python -m jaxprof.train --config=configs/girl.py --workdir=runs/girl
   python -m jaxprof.train --config=configs/girl.py:algo=grpo --workdir=runs/girl_grpo
+  python -m jaxprof.train --config=configs/girl.py:paper --workdir=runs/girl_paper   # Eq. 3-8
   python -m jaxprof.train --config=configs/girl.py:tiny --workdir=/tmp/girl_tiny   # seconds
 
 Data: the job_market data set (real O*NET/ESCO text, hidden recruiter oracle). The reward model
@@ -18,7 +19,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, algo="ppo", tiny=False, seed=0, lora=0)
+  arg = common.parse_arg(arg, algo="ppo", tiny=False, seed=0, lora=0, paper=False)
   config = common.run_config("girl", arg.seed)
   config.stages = ("sft", "reward_model", arg.algo, "eval")
 
@@ -46,6 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.evaluators.enhanced_rec = dict(rows=32, samples=2)
   if arg.algo == "ppo":
     config.ppo.critic_init = "reward_model"  # the critic starts from the trained reward model
+  if arg.paper:
+    paper_ppo(config)
   # The trained reward model, plus a mild length term so JDs stay JD-sized.
   config.rewards = dict(
       reward_model=common.reward("trained_reward_model", 1.0, model="@reward_model"),
@@ -57,3 +60,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   reward_model=16, rl=8, rec_train=16, rec_val=16, rec_test=16,
                                   cold_start_test=16, candidates=4))
   return config
+
+
+def paper_ppo(config: ml_collections.ConfigDict) -> None:
+  """`:paper`: PPO as GIRL's Section IV-C writes it, instead of the modern default (per-token k1
+  KL in the reward, GAE, whitening, clip 0.2/0.28, clipped value loss):
+  - Eq. 3: KL per sequence, the length average of rho - 1 - log rho with rho = pi / pi_SFT
+    (`rl.kl_estimator="k3_inv"`);
+  - Eq. 4-5: r = U - lambda * KL, advantage a = r - V(CV), one scalar per sequence
+    (`ppo.advantage="sequence"`), not whitened;
+  - Eq. 6-7: the clipped ratio loss averaged over each JD's tokens, one epsilon;
+  - Eq. 8: the critic's plain MSE (r - V(CV))^2.
+  """
+  if config.rl.algo != "ppo":
+    raise ValueError("configs/girl.py:paper is GIRL's PPO; it cannot combine with algo=grpo")
+  config.rl.kl_estimator = "k3_inv"
+  config.rl.agg_mode = "seq_mean_token_mean"
+  config.rl.eps_high = config.rl.eps_low
+  config.ppo.advantage = "sequence"
+  config.ppo.whiten_advantages = False
+  config.ppo.value_clip = 0.0

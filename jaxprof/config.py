@@ -315,6 +315,11 @@ def _rl_combinations(config: Any) -> list[str]:
     problems.append(f"rl.ratio_level='sequence' (GSPO) with clip range {rl.get('eps_low')}/"
                     f"{rl.get('eps_high')}: a sequence ratio is clipped to ~3e-4/4e-4 (GSPO); set "
                     "--config.rl.eps_low=3e-4 --config.rl.eps_high=4e-4")
+  ppo = config.get("ppo") or {}
+  if ppo.get("advantage", "gae") not in ("gae", "sequence"):
+    problems.append(f"ppo.advantage={ppo.get('advantage')!r}: expected 'gae' or 'sequence'")
+  if rl.get("kl_estimator", "k1") not in ("k1", "k2", "k3", "k3_inv"):
+    problems.append(f"rl.kl_estimator={rl.get('kl_estimator')!r}: expected k1, k2, k3 or k3_inv")
   if "truncated" in rl and rl.truncated not in ("keep", "mask", "penalty"):
     problems.append(f"rl.truncated={rl.truncated!r}: expected 'keep', 'mask' or 'penalty'")
   return problems

@@ -8,7 +8,8 @@ from jaxprof import config as config_lib
 from jaxprof import systems
 
 VARIANTS = {
-    "girl": ["", "tiny", "algo=grpo", "tiny,algo=grpo", "lora=4", "seed=3"],
+    "girl": ["", "tiny", "algo=grpo", "tiny,algo=grpo", "lora=4", "seed=3", "paper",
+             "tiny,paper"],
     "langptune": ["", "tiny", "metric=mrr", "lora=4"],
     "blue": ["", "tiny", "lora=4"],
     "hifi": ["", "tiny", "reward=listwise", "tiny,reward=listwise"],

@@ -61,6 +61,32 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1
   return adv, jnp.where(valid, adv + v, 0.0)
 
 
+def sequence_advantages(scores: jax.Array, kl_per_token: jax.Array, mask: jax.Array,
+                        kl_coef: float | jax.Array, prompt_values: jax.Array
+                        ) -> tuple[jax.Array, jax.Array]:
+  """One advantage per sequence: the reward minus the critic's value of the prompt alone.
+
+    r_i = score_i - kl_coef * mean over valid t of kl_it      (a length-averaged KL penalty)
+    a_i = r_i - V(prompt_i)
+
+  Args:
+    scores: [B] sequence scores.
+    kl_per_token: [B, T] per-token KL estimates (`losses.kl_penalty`).
+    mask: [B, T] completion mask.
+    kl_coef: scalar.
+    prompt_values: [B] the critic's value after reading the prompt (before completion token 0).
+
+  Returns:
+    (advantages [B], returns r [B]) float32.
+  """
+  w = jnp.asarray(mask).astype(jnp.float32)
+  kl = jnp.where(w > 0, jnp.asarray(kl_per_token, jnp.float32), 0.0)
+  n = jnp.sum(w, axis=-1)
+  kl_mean = jnp.where(n > 0, jnp.sum(kl * w, axis=-1) / jnp.maximum(n, 1.0), 0.0)
+  returns = jnp.asarray(scores, jnp.float32) - kl_coef * kl_mean
+  return returns - jnp.asarray(prompt_values, jnp.float32), returns
+
+
 def sequence_reward_to_token_rewards(scores: jax.Array, mask: jax.Array,
                                      kl_per_token: jax.Array | None = None,
                                      kl_coef: float | jax.Array = 0.0) -> jax.Array:

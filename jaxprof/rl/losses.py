@@ -20,7 +20,8 @@ import jax.numpy as jnp
 
 AggMode = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
-KLKind = Literal["k1", "k2", "k3"]
+KLKind = Literal["k1", "k2", "k3", "k3_inv"]
+KL_KINDS = ("k1", "k2", "k3", "k3_inv")
 RatioLevel = Literal["token", "sequence"]
 Metrics = dict[str, jax.Array]
 
@@ -279,6 +280,10 @@ def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array,
     k1 = -d                   unbiased, can be negative (the PPO reward penalty)
     k2 = 0.5 d^2              biased, low variance
     k3 = exp(d) - d - 1       unbiased, always >= 0 (the GRPO loss term)
+    k3_inv = exp(-d) + d - 1  k3 with the ratio inverted (rho = pi / ref: rho - 1 - log rho),
+                              always >= 0; its mean under pi is chi^2(pi || ref) - KL(pi || ref),
+                              which equals KL(pi || ref) to second order (a length-averaged
+                              per-sequence penalty in some papers)
   Gradients flow into both inputs; stop them yourself where one side is a constant.
 
   Args:
@@ -296,8 +301,10 @@ def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array,
     kl = 0.5 * jnp.square(d)
   elif kind == "k3":
     kl = jnp.exp(d) - d - 1.0
+  elif kind == "k3_inv":
+    kl = jnp.exp(-d) + d - 1.0
   else:
-    raise ValueError(f"kl_penalty: kind must be 'k1', 'k2' or 'k3', got {kind!r}")
+    raise ValueError(f"kl_penalty: kind must be one of {KL_KINDS}, got {kind!r}")
   return jnp.where(valid, kl, 0.0)
 
 

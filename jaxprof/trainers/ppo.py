@@ -46,21 +46,56 @@ def policy_loss_fn(spec, config, trainable, frozen, batch, rng):
       lp, batch["old_logprobs"], batch["advantages"], mask, eps_low=rl.eps_low,
       eps_high=rl.eps_high, dual_clip=rl.dual_clip or None, ratio_level=rl.ratio_level,
       agg_mode=rl.agg_mode, max_len=config.rollout.max_new_tokens)
-  entropy = losses.masked_mean(ent, mask)
-  loss = loss - config.ppo.entropy_coef * entropy
+  entropy = losses.masked_mean(ent, mask)  # logged; the bonus aggregates like the loss, so that
+  bonus = losses.aggregate(ent, mask, rl.agg_mode, config.rollout.max_new_tokens)  # micro-batches
+  loss = loss - config.ppo.entropy_coef * bonus  # add up to the full batch (grad_accum exact)
   w = rollout.agg_weight(mask, rl.agg_mode)
   return loss * w, w, {f"rl/{k}": v for k, v in dict(m, entropy=entropy).items()}
 
 
 def critic_loss_fn(critic_cfg, config, remat, params, frozen, batch, rng):
   del frozen, rng
-  mask, agg_mode = batch["comp_mask"], config.rl.agg_mode
+  # The tokens whose value is regressed (ppo.advantage="sequence": the prompt's only).
+  mask, agg_mode = batch.get("value_mask", batch["comp_mask"]), config.rl.agg_mode
   values = critic_values(critic_cfg, rollout.prompt_group(config.rollout), remat, params, batch)
   loss, m = losses.value_loss(values, batch["old_values"], batch["returns"], mask,
                               clip_eps=config.ppo.value_clip or None, agg_mode=agg_mode,
                               max_len=config.rollout.max_new_tokens)
   w = rollout.agg_weight(mask, agg_mode)
   return loss * w, w, {f"critic/{k}": v for k, v in m.items()}
+
+
+ADVANTAGES = ("gae", "sequence")
+
+
+def targets(ppo_config, scores: np.ndarray, mask: np.ndarray, kl: jax.Array,
+            old_values: np.ndarray, kl_coef) -> tuple[jax.Array, jax.Array, np.ndarray]:
+  """(advantages [R, N], returns [R, N], value mask [R, N]) of one rollout, by ppo.advantage:
+
+  "gae": token rewards (score on the last token, -kl_coef * KL_t on each) -> GAE(gamma, lam)
+    over the critic's per-token values; the critic regresses every token's return.
+  "sequence": one advantage per completion, a = score - kl_coef * mean_t KL_t - V(prompt),
+    broadcast over its tokens; the critic regresses r on its value of the prompt alone (the
+    value read before completion token 0).
+  Either may be whitened over the valid tokens (ppo.whiten_advantages).
+  scores [R], mask [R, N] bool, kl [R, N] (`losses.kl_penalty`), old_values [R, N].
+  """
+  m = jnp.asarray(mask)
+  if ppo_config.advantage == "gae":
+    token_rewards = adv_lib.sequence_reward_to_token_rewards(jnp.asarray(scores), m, kl, kl_coef)
+    advantages, returns = adv_lib.gae(token_rewards, jnp.asarray(old_values), m,
+                                      gamma=ppo_config.gamma, lam=ppo_config.lam)
+    value_mask = mask
+  elif ppo_config.advantage == "sequence":
+    adv, ret = adv_lib.sequence_advantages(scores, kl, m, kl_coef, jnp.asarray(old_values)[:, 0])
+    advantages = jnp.where(m, adv[:, None], 0.0)
+    returns = jnp.broadcast_to(ret[:, None], m.shape)
+    value_mask = mask & (np.arange(mask.shape[1]) == 0)[None]
+  else:
+    raise ValueError(f"ppo.advantage={ppo_config.advantage!r}; expected one of {ADVANTAGES}")
+  if ppo_config.whiten_advantages:
+    advantages = adv_lib.whiten(advantages, m)
+  return advantages, returns, np.asarray(value_mask)
 
 
 class Critic(NamedTuple):
@@ -124,14 +159,10 @@ def build(config, start: policy.Start, critic: Critic, prompt_batch: PromptBatch
                                              values_fn(state["critic"].params, sharded)))
     kl = losses.kl_penalty(jnp.asarray(ro.logprobs), ref_lp, jnp.asarray(mask),
                            kind=rl.kl_estimator)
-    token_rewards = adv_lib.sequence_reward_to_token_rewards(
-        jnp.asarray(scores), jnp.asarray(mask), kl, state["kl_coef"])
-    advantages, returns = adv_lib.gae(token_rewards, old_values, jnp.asarray(mask),
-                                      gamma=ppo.gamma, lam=ppo.lam)
-    if ppo.whiten_advantages:
-      advantages = adv_lib.whiten(advantages, jnp.asarray(mask))
+    advantages, returns, value_mask = targets(ppo, scores, mask, kl, old_values,
+                                              state["kl_coef"])
     batch |= {"advantages": np.asarray(advantages), "returns": np.asarray(returns),
-              "old_values": np.asarray(old_values)}
+              "old_values": np.asarray(old_values), "value_mask": value_mask}
     rng = np.random.default_rng([config.seed, step])
     pol, crit = state["policy"], state["critic"]
     finite = {"rl/finite": True, "critic/finite": True}  # the guard sees every minibatch

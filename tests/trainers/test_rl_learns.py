@@ -1,6 +1,7 @@
 """RL learns: GRPO and PPO raise a verifiable toy reward by a clear margin in a fixed budget."""
 
 import numpy as np
+import pytest
 
 from jaxprof.trainers import grpo
 from tests.trainers import toy
@@ -21,7 +22,8 @@ def test_grpo_raises_reward(tmp_path):
   assert end > start + 0.3, (start, end)
 
 
-def test_ppo_raises_reward(tmp_path):
+@pytest.mark.parametrize("advantage", ["gae", "sequence"])
+def test_ppo_raises_reward(tmp_path, advantage):
   import jax
 
   from jaxprof.models import heads
@@ -30,10 +32,13 @@ def test_ppo_raises_reward(tmp_path):
   spec, params, axes, mesh = toy.setup()
   config = toy.config("ppo", steps=30)
   config.rollout.group_size = 4
+  if advantage == "sequence":  # the paper-faithful variant configs/girl.py:paper selects
+    config.ppo.advantage, config.rl.kl_estimator = "sequence", "k3_inv"
+    config.rl.agg_mode, config.ppo.whiten_advantages = "seq_mean_token_mean", False
   backbone, critic_cfg = heads.truncate_layers(params, toy.CFG, 1)
   critic = {"backbone": backbone, "head": heads.init_head(jax.random.key(3), toy.CFG.hidden_size)}
   ppo.train(config, tmp_path, toy.start(spec, params, axes), ppo.Critic(critic_cfg, critic),
             toy.prompt_batch, mesh)
   start, end = mean_reward_of_first_and_last(tmp_path, None)
-  print(f"PPO toy reward: start {start:.3f} -> end {end:.3f}")
+  print(f"PPO ({advantage}) toy reward: start {start:.3f} -> end {end:.3f}")
   assert end > start + 0.3, (start, end)
