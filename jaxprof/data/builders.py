@@ -112,6 +112,9 @@ class JobMarket(_Builder):
 
   SPLITS = job_market.SPLITS
   SIZES_CLS = job_market.Sizes
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Disjoint seeker pools per stage (job_market.seeker_pools).",
+                   "1.0.0": "First release."}
 
   def _features(self):
     return {**_SEEKER, "posting_id": np.int64, "jd": _TEXT, "label": np.int32,

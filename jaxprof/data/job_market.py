@@ -11,9 +11,14 @@ No public CV-JD-feedback data exists, so the market is simulated around a hidden
   templates around the O*NET description.
 * Splits (mirroring GIRL Table I): `sft` (CV, matched JD), `reward_model` (CV, chosen JD, rejected
   JD), `rl` (CVs), `rec_train` / `rec_val` / `rec_test` (CV, JD, label, oracle probability), and
-  `cold_start_test` (the same, for seekers that appear in no other split). Candidate postings are
-  half "near" the seeker (sharing a SOC group with its target or history) and half uniform; labels
-  are Bernoulli draws from the oracle. A matched JD is a positively labelled candidate.
+  `cold_start_test` (the same, for seekers that appear in no other split). As in the paper, each
+  stage sees its own seekers (`seeker_pools`): the generator's SFT, reward-model and RL seekers
+  are disjoint from each other and from the recommender's; the recommender's train, validation and
+  test rows share one pool (the warm-start setting of Table III; Table IV's cold start is the
+  cold pool), so every held-out CV the evaluation generates for is new to the generator.
+  Candidate postings are half "near" the seeker (sharing a SOC group with its target or history)
+  and half uniform; labels are Bernoulli draws from the oracle. A matched JD is a positively
+  labelled candidate.
 
 Everything is a deterministic function of (seed, Sizes): each seeker, posting and split row draws
 from its own `numpy` generator keyed by (seed, stream, index).
@@ -56,8 +61,10 @@ class Sizes:
     for f in dataclasses.fields(self):
       if getattr(self, f.name) < 1:
         raise ValueError(f"Sizes.{f.name} must be >= 1, got {getattr(self, f.name)}")
-    if self.rl > self.num_seekers:
-      raise ValueError(f"Sizes.rl={self.rl} exceeds Sizes.num_seekers={self.num_seekers}")
+    if self.rl > self.num_seekers - 3:
+      raise ValueError(f"Sizes.rl={self.rl} leaves too few of Sizes.num_seekers="
+                       f"{self.num_seekers} for the sft, reward_model and rec seeker pools; "
+                       "raise num_seekers or lower rl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +214,31 @@ def _row(seeker: Seeker, **kw) -> dict:
   return {**seeker_fields(seeker), **_EMPTY, **kw}
 
 
+POOLS = ("rl", "sft", "reward_model", "rec")
+
+
+def seeker_pools(market: JobMarket) -> dict[str, list[Seeker]]:
+  """Disjoint seekers per stage: `rl` gets Sizes.rl of the main pool (one row each), the rest is
+  split evenly into `sft`, `reward_model` and `rec` (rec_train / rec_val / rec_test); `cold` holds
+  the cold-start seekers."""
+  sizes = market.sizes
+  main = market.seekers[: sizes.num_seekers]
+  order = np.random.default_rng([market.seed, _STREAMS["rl"]]).permutation(len(main))
+  rest = order[sizes.rl:]
+  thirds = np.array_split(rest, 3)
+  pools = {"rl": order[: sizes.rl], "sft": thirds[0], "reward_model": thirds[1],
+           "rec": thirds[2]}
+  out = {k: [main[i] for i in sorted(v)] for k, v in pools.items()}
+  out["cold"] = list(market.seekers[sizes.num_seekers:])
+  return out
+
+
+def pool_of(split: str) -> str:
+  if split == "cold_start_test":
+    return "cold"
+  return "rec" if split.startswith("rec_") else split
+
+
 def split_rows(market: JobMarket, split: str) -> list[dict]:
   """Rows of one split. Every row has the same keys; fields a split does not use are -1 / "" / nan.
 
@@ -217,12 +249,10 @@ def split_rows(market: JobMarket, split: str) -> list[dict]:
   if split not in SPLITS:
     raise ValueError(f"unknown job_market split {split!r}; expected one of {SPLITS}")
   sizes, seed = market.sizes, market.seed
-  main, cold = market.seekers[: sizes.num_seekers], market.seekers[sizes.num_seekers:]
-  rows = []
+  pool = seeker_pools(market)[pool_of(split)]
   if split == "rl":
-    order = np.random.default_rng([seed, _STREAMS["rl"]]).permutation(len(main))[: sizes.rl]
-    return [_row(main[i]) for i in sorted(order)]
-  pool = cold if split == "cold_start_test" else main
+    return [_row(s) for s in pool]
+  rows = []
   for r in range(getattr(sizes, split)):
     rng = _rng(seed, split, r)
     seeker = pool[int(rng.integers(len(pool)))]

@@ -53,11 +53,24 @@ def test_labels_and_oracle_auc(splits):
   assert all(r["label"] == 1 and r["jd"] for r in splits["sft"])
 
 
-def test_cold_start_disjoint(splits):
-  cold = {r["seeker_id"] for r in splits["cold_start_test"]}
-  others = {r["seeker_id"] for s in job_market.SPLITS if s != "cold_start_test"
-            for r in splits[s]}
-  assert cold and not cold & others
+def test_each_stage_sees_its_own_seekers(splits):
+  """As in GIRL: SFT, reward model, RL, the recommender and the cold-start test draw on disjoint
+  seekers; only the recommender's train / validation / test share theirs (warm start)."""
+  seekers = {s: {r["seeker_id"] for r in rows} for s, rows in splits.items()}
+  groups = {"sft": seekers["sft"], "reward_model": seekers["reward_model"], "rl": seekers["rl"],
+            "rec": seekers["rec_train"] | seekers["rec_val"] | seekers["rec_test"],
+            "cold": seekers["cold_start_test"]}
+  for a in groups:
+    for b in groups:
+      if a < b:
+        assert groups[a] and not groups[a] & groups[b], (a, b, sorted(groups[a] & groups[b])[:5])
+  assert len(seekers["rl"]) == SMALL.rl  # one row per RL seeker
+  assert seekers["rec_test"] & seekers["rec_train"]  # warm start: test seekers were trained on
+
+
+def test_too_few_seekers_for_the_pools_is_one_clear_error():
+  with pytest.raises(ValueError, match="Sizes.rl=149 leaves too few"):
+    job_market.Sizes(num_seekers=150, rl=149)
 
 
 def test_cv_templates_vary(market):
