@@ -9,7 +9,7 @@ from jaxprof import systems
 
 VARIANTS = {
     "girl": ["", "tiny", "algo=grpo", "tiny,algo=grpo", "lora=4", "seed=3", "paper",
-             "tiny,paper"],
+             "tiny,paper", "length=0"],
     "langptune": ["", "tiny", "metric=mrr", "lora=4"],
     "blue": ["", "tiny", "lora=4"],
     "hifi": ["", "tiny", "reward=listwise", "tiny,reward=listwise"],
@@ -29,6 +29,10 @@ def test_config_builds_and_validates(name, variant):
   assert config.rl.algo in config and config.rollout.share_prefix
   if "tiny" in variant:
     assert config.model.path == "tiny"
+  else:  # a length term never rewards running into the generation cap
+    for term in config.rewards.values():
+      if term.name == "length_penalty":
+        assert term.kwargs.target_tokens < config.rollout.max_new_tokens, (name, variant)
 
 
 @pytest.mark.parametrize("path,value,message", [
