@@ -235,7 +235,8 @@ def run_config(system: str, seed: int = 0) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       system=system, seed=seed, mesh=mesh_config(),
       checkpoint=checkpoint_config(every=50, keep=2), log=log_config(every=10), max_nonfinite=5,
-      eval=dict(num_examples=32, batch_size=8, temperature=0.0,
+      # include_base: also evaluate model.path itself when an SFT stage ran (its "base" row).
+      eval=dict(num_examples=32, batch_size=8, temperature=0.0, include_base=False,
                 evaluators=dict(held_out=dict(samples_shown=8)))))
 
 

@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      group_size=2 if arg.algo == "ppo" else 4, max_new_tokens=96,
                      max_prompt_len=224)
   config.eval.num_examples = 16
+  config.eval.include_base = True  # Table II: GIRL vs GIRL-SFT and vs the base model
   # GIRL Tables III/IV (jaxprof/systems/girl.py) on a CPU-sized slice of each rec split (noisy).
   config.eval.evaluators.enhanced_rec = dict(rows=32, samples=2)
   if arg.algo == "ppo":

@@ -85,17 +85,27 @@ def read_done(workdir: pathlib.Path, stage: str) -> dict:
 
 # (metric prefix, lowest, highest) every eval value must respect, first match; all finite.
 RANGES = [("truth/engagement_pointwise", -0.5, 1.0),  # utility-weighted: u in [-0.5, 1]
+          ("diff/truth/", -1.5, 1.5), ("win/", 0.0, 1.0), ("tie/", 0.0, 1.0), ("lose/", 0.0, 1.0),
           ("truth/", 0.0, 1.0), ("length/", 1.0, math.inf), ("rec_test/auc", 0.0, 1.0),
           ("cold_start_test/auc", 0.0, 1.0), ("rec_test/logloss", 0.0, math.inf),
           ("cold_start_test/logloss", 0.0, math.inf), ("reward/", -math.inf, math.inf)]
 
 
-def assert_eval_outputs(workdir: pathlib.Path, evaluators: set[str]) -> dict:
+def assert_eval_outputs(workdir: pathlib.Path, evaluators: set[str],
+                        policies: tuple[str, ...] = ("start", "rl")) -> dict:
   """Every eval value finite and in its range, completions real text, report and plots there."""
   eval_dir = workdir / "eval"
   results = json.loads((eval_dir / "results.json").read_text())
   assert set(results) == evaluators
-  assert set(results["held_out"]) == {"start", "rl"}
+  held_out = results["held_out"]
+  assert set(held_out) == {*policies, *(f"rl vs {p}" for p in policies if p != "rl")}
+  for p in policies:  # truth with its interval; win + tie + lose = 1 against each other policy
+    for m in (k for k in held_out[p] if k.startswith("truth/") and "/ci_" not in k):
+      assert held_out[p][f"{m}/ci_low"] <= held_out[p][m] <= held_out[p][f"{m}/ci_high"]
+      if p != "rl":
+        vs = held_out[f"rl vs {p}"]
+        assert abs(vs[f"win/{m}"] + vs[f"tie/{m}"] + vs[f"lose/{m}"] - 1) < 1e-9
+        assert vs[f"diff/{m}/ci_low"] <= vs[f"diff/{m}"] <= vs[f"diff/{m}/ci_high"]
   for name, table in results.items():
     for row, metrics in table.items():
       assert metrics, (name, row)
@@ -107,7 +117,7 @@ def assert_eval_outputs(workdir: pathlib.Path, evaluators: set[str]) -> dict:
         assert bounds[0][0] <= value <= bounds[0][1], where
       (eval_dir / f"{name}.png").stat()
   samples = [json.loads(x) for x in (eval_dir / "samples.jsonl").read_text().splitlines()]
-  assert samples and all(s["start"].strip() and s["rl"].strip() for s in samples), samples[:2]
+  assert samples and all(s[p].strip() for s in samples for p in policies), samples[:2]
   assert "## held_out" in (eval_dir / "report.md").read_text()
   return results
 
@@ -127,9 +137,11 @@ def test_girl_tiny_end_to_end(tmp_path, algo):
   assert_rl_outputs(tmp_path, algo, config_of(spec))
   if algo == "ppo":
     assert "critic/explained_variance" in read_metrics(tmp_path, algo)[-1]
-  results = assert_eval_outputs(tmp_path, {"held_out", "enhanced_rec"})
+  results = assert_eval_outputs(tmp_path, {"held_out", "enhanced_rec"}, ("base", "start", "rl"))
   assert "truth/oracle_match" in results["held_out"]["rl"]
-  assert {"plain/mlp", "plain/dot", "rl/mlp", "start/dot"} <= set(results["enhanced_rec"])
+  assert "win/truth/oracle_match" in results["held_out"]["rl vs base"]  # Table II
+  assert {"plain/mlp", "plain/dot", "rl/mlp", "start/dot", "base/mlp"} <= set(
+      results["enhanced_rec"])
   # Re-running the same command skips every completed stage.
   again = train(spec, tmp_path)
   assert again.stderr.count("already complete") == 4

@@ -73,7 +73,8 @@ class Context:
                                tok.pad_id)
       n = len(chunk) * samples  # drop the padding rows
       batch = dataclasses.replace(batch, **{k: getattr(batch, k)[:n] for k in (
-          "prompt_ids", "prompt_mask", "comp_ids", "comp_mask", "logprobs", "row_prompt")})
+          "prompt_ids", "prompt_mask", "comp_ids", "comp_mask", "logprobs", "row_prompt",
+          "truncated")})
       batch.completions = tok.decode_batch(batch.comp_ids, batch.comp_mask)
       out.append((chunk, batch))
     return out

@@ -24,8 +24,12 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 
 
 def policies(config, inputs: Mapping[str, Mapping]) -> dict[str, str]:
-  """{"start": the policy RL started from, "rl": the RL export (if an RL stage ran)}."""
-  out = {"start": policy.start_dir(config, inputs)}
+  """{"base": model.path (with eval.include_base, when SFT ran), "start": the policy RL started
+  from, "rl": the RL export (if an RL stage ran)}."""
+  out = {}
+  if config.eval.include_base and "sft" in inputs:
+    out["base"] = config.model.path
+  out["start"] = policy.start_dir(config, inputs)
   for algo in ("ppo", "grpo"):
     if algo in inputs:
       out["rl"] = inputs[algo]["policy_dir"]
@@ -79,14 +83,21 @@ def report(config, results: Mapping[str, evaluation.Table], samples) -> str:
 
 
 def plot(table: evaluation.Table, path: pathlib.Path, title: str) -> None:
-  """Bars of every metric (lengths left out: another scale) for each row label."""
-  names = list(table)
-  metrics = sorted({k for r in table.values() for k in r if not k.startswith("length/")})
+  """Bars of every metric for each row label, with their 95% intervals where the table has them
+  (`<metric>/ci_low`, `/ci_high`). Lengths (another scale) and the "X vs Y" comparison rows
+  (in the report) are left out."""
+  names = [n for n in table if " vs " not in n]
+  metrics = sorted({k for n in names for k in table[n]
+                    if not k.startswith("length/") and "/ci_" not in k})
   fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(metrics)), 4))
   width = 0.8 / max(len(names), 1)
   for j, n in enumerate(names):
-    ax.bar(np.arange(len(metrics)) + j * width, [table[n].get(m, np.nan) for m in metrics],
-           width, label=n)
+    row = table[n]
+    means = np.array([row.get(m, np.nan) for m in metrics], np.float64)
+    low = np.array([row.get(f"{m}/ci_low", np.nan) for m in metrics], np.float64)
+    high = np.array([row.get(f"{m}/ci_high", np.nan) for m in metrics], np.float64)
+    err = np.nan_to_num(np.stack([means - low, high - means]), nan=0.0)
+    ax.bar(np.arange(len(metrics)) + j * width, means, width, yerr=err, capsize=3, label=n)
   ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, metrics, rotation=30,
                 ha="right")
   ax.legend()

@@ -84,6 +84,38 @@ def bootstrap_ci(
   return float(values.mean()), float(low), float(high)
 
 
+def paired_bootstrap_ci(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
+  """Percentile bootstrap of mean(a - b) over the rows where both are finite, resampling rows
+  (the pairs stay together, so per-row difficulty cancels).
+
+  Args:
+    a, b: [N] one value per row for two systems on the same rows.
+  Returns:
+    (mean difference, low, high).
+  """
+  a = np.asarray(a, dtype=np.float64).reshape(-1)
+  b = np.asarray(b, dtype=np.float64).reshape(-1)
+  if a.shape != b.shape:
+    raise ValueError(f"paired_bootstrap_ci: a {a.shape} and b {b.shape} differ in shape")
+  both = np.isfinite(a) & np.isfinite(b)
+  return bootstrap_ci(a[both] - b[both], n_boot, alpha, seed)
+
+
+def win_tie_lose(a: np.ndarray, b: np.ndarray, margin: float) -> tuple[float, float, float]:
+  """Fractions of the rows (both finite) where a beats b by more than `margin`, where they are
+  within `margin` of each other (a tie), and where b beats a by more than `margin`."""
+  a = np.asarray(a, dtype=np.float64).reshape(-1)
+  b = np.asarray(b, dtype=np.float64).reshape(-1)
+  both = np.isfinite(a) & np.isfinite(b)
+  if not both.any():
+    raise ValueError("win_tie_lose: no row where both values are finite")
+  d = a[both] - b[both]
+  win, lose = float(np.mean(d > margin)), float(np.mean(d < -margin))
+  return win, 1.0 - win - lose, lose
+
+
 # ------------------------------------------------------------------ ranking metrics (JAX)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from jaxprof.data import loader
 from jaxprof.rewards import registry
 from jaxprof.rewards.base import WeightedSum
@@ -69,7 +71,19 @@ class System:
             for log_name, term in self.config.rewards.items()]
     return registry.build_rewards(spec, self.resources(inputs))
 
-  def truth(self, rows: Sequence[Row], texts: Sequence[str]) -> dict[str, float]:
-    """{"truth/<metric>": value} of generated `texts` for `rows`, from what no reward sees."""
+  def truth_rows(self, rows: Sequence[Row], texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """{"truth/<metric>": [N] float64, one value per row (nan where undefined)} of generated
+    `texts` for `rows`, from what no reward sees. Per row, so that policies can be compared
+    row by row (paired bootstrap, win/tie/lose)."""
     del rows, texts
     return {}
+
+  def truth(self, rows: Sequence[Row], texts: Sequence[str]) -> dict[str, float]:
+    """{"truth/<metric>": mean over the rows where it is defined (nan if none)}."""
+    return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+            for k, v in self.truth_rows(rows, texts).items()}
+
+
+def per_row(values) -> np.ndarray:
+  """Reward-style values (None where undefined) -> [N] float64 with nan."""
+  return np.array([np.nan if v is None else float(v) for v in values], np.float64)

@@ -51,10 +51,11 @@ class System(base.System):
       return {}
     return {"reward_model": reward_model.RewardModel(rm_dir, self.config.model)}
 
-  def truth(self, rows, texts):
+  def truth_rows(self, rows, texts):
+    """The hidden recruiter oracle's match probability of each CV's seeker with the text."""
     seekers = [job_market.seeker_from_record(r) for r in rows]
     scores = self.market.oracle.score_texts(seekers, list(texts))
-    return {"truth/oracle_match": float(np.mean(scores))}
+    return {"truth/oracle_match": np.asarray(scores, np.float64)}
 
 
 def _held_out(rows: list, part: str) -> list:

@@ -17,7 +17,7 @@ from absl import logging
 from jaxprof.data import templates
 from jaxprof.models.encoder import TextEncoder
 from jaxprof.rewards import engagement, registry
-from jaxprof.rewards.base import nanmean, texts_batch
+from jaxprof.rewards.base import texts_batch
 from jaxprof.systems import base
 
 
@@ -47,7 +47,7 @@ class System(base.System):
   def resources(self, inputs):
     return {"engagement_model": self.engagement_model}
 
-  def truth(self, rows, texts):
+  def truth_rows(self, rows, texts):
     pointwise = registry.make_reward("engagement_pointwise", model=self.engagement_model)
     batch = texts_batch(texts, {k: [r[k] for r in rows] for k in self.columns})
-    return {"truth/engagement_pointwise": nanmean(pointwise(batch))}
+    return {"truth/engagement_pointwise": base.per_row(pointwise(batch))}

@@ -14,7 +14,7 @@ import functools
 from jaxprof.data import movielens, templates
 from jaxprof.models.encoder import TextEncoder
 from jaxprof.rewards import registry
-from jaxprof.rewards.base import nanmean, texts_batch
+from jaxprof.rewards.base import texts_batch
 from jaxprof.systems import base
 
 
@@ -46,12 +46,12 @@ class System(base.System):
   def resources(self, inputs):
     return {"encoder": self.encoder, "item_texts": self.item_texts}
 
-  def truth(self, rows, texts):
+  def truth_rows(self, rows, texts):
     batch = texts_batch(texts, {k: [r[k] for r in rows]
                                 for k in ("history_items", "target_items")})
     out = {}
     for metric, name in (("ndcg", "truth/ndcg@10"), ("recall", "truth/recall@10")):
       ranking = registry.make_reward("retrieval_ranking", encoder=self.encoder,
                                      item_texts=self.item_texts, metric=metric, k=10)
-      out[name] = nanmean(ranking(batch))
+      out[name] = base.per_row(ranking(batch))
     return out
