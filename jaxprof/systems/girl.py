@@ -2,9 +2,11 @@
 
 CV -> job description, trained SFT -> reward model -> PPO (configs/girl.py) on the job_market data
 set, whose hidden recruiter oracle is the truth. Reproduces, on this data: the recruiter match of
-SFT vs PPO JDs (the paper's Table II counterpart is not built yet), and Tables III/IV with Fig. 5's
-mean-pooling of N generated JDs (the `enhanced_rec` evaluator: a two-tower CV-JD matcher with and
-without the generated JD's embedding, AUC and LogLoss on all seekers and on cold-start seekers).
+base vs SFT vs PPO JDs on CVs no stage trained on, and Table II's pairwise comparison with the
+oracle as the judge (the generic `held_out` evaluator's "rl vs X" rows: win / tie / lose and a
+paired-bootstrap difference), and Tables III/IV with Fig. 5's mean-pooling of N generated JDs (the
+`enhanced_rec` evaluator: a two-tower CV-JD matcher with and without the generated JD's embedding,
+AUC and LogLoss on all seekers and on cold-start seekers).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Metrics against scikit-learn and hand-computed cases."""
 
+import math
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -116,3 +119,77 @@ def test_bootstrap_ci_brackets_mean():
   assert mean == pytest.approx(values.mean())
   assert high - low < 0.15
   assert metrics.bootstrap_ci(values, n_boot=500, seed=0) == (mean, low, high)
+
+
+# --- edge cases found by mutation testing ---------------------------------------------------------
+
+
+def test_pointwise_metrics_flatten_column_inputs_and_check_shapes():
+  labels = np.array([0, 1, 1, 0, 1])
+  scores = np.array([0.2, 0.8, 0.4, 0.4, 0.9])
+  # Positives 0.8, 0.4, 0.9 against negatives 0.2, 0.4: five wins and one tie of six pairs.
+  assert metrics.auc(labels[:, None], scores) == pytest.approx(5.5 / 6)
+  assert metrics.auc(labels, scores[:, None]) == pytest.approx(5.5 / 6)
+  want = -(math.log(0.8) + math.log(0.75)) / 2
+  assert metrics.log_loss(np.array([[1], [0]]), [0.8, 0.25]) == pytest.approx(want, rel=1e-12)
+  assert metrics.log_loss([1, 0], np.array([[0.8], [0.25]])) == pytest.approx(want, rel=1e-12)
+  with pytest.raises(ValueError, match=r"^auc: labels \(3,\) and scores \(2,\) differ in shape$"):
+    metrics.auc([0, 1, 1], [0.1, 0.2])
+  with pytest.raises(ValueError, match=r"^log_loss: labels \(3,\) and probs \(2,\) differ in sh"):
+    metrics.log_loss([0, 1, 1], [0.1, 0.2])
+
+
+def test_bootstrap_ci_defaults_against_numpy_resampling():
+  """Default 1000 resamples from default_rng(0), percentile interval, float64 on float32 input."""
+  values = np.random.default_rng(6).uniform(size=50).astype(np.float32)  # per-user JAX metrics
+  with_nan = np.concatenate([values[:20], [np.nan], values[20:]])
+  ref = values.astype(np.float64)
+
+  def ref_ci(n_boot, alpha, seed):
+    idx = np.random.default_rng(seed).integers(0, ref.size, size=(n_boot, ref.size))
+    return np.quantile(ref[idx].mean(axis=1), [alpha / 2, 1 - alpha / 2])
+
+  mean, low, high = metrics.bootstrap_ci(with_nan)
+  assert mean == pytest.approx(ref.mean(), rel=1e-12)
+  np.testing.assert_allclose([low, high], ref_ci(1000, 0.05, 0), rtol=1e-12)
+  np.testing.assert_allclose(metrics.bootstrap_ci(values, n_boot=300, alpha=0.2, seed=7)[1:],
+                             ref_ci(300, 0.2, 7), rtol=1e-12)
+  assert metrics.bootstrap_ci([2.5]) == (2.5, 2.5, 2.5)
+  with pytest.raises(ValueError, match=r"^bootstrap_ci: no finite values$"):
+    metrics.bootstrap_ci([np.nan, np.nan])
+
+
+def test_history_mask_is_bool():
+  assert metrics.history_mask([[1], []], 2).dtype == bool
+
+
+def test_per_user_metrics_hand_case_with_rank_one_and_empty_users():
+  ranks = np.array([[1, 0, 0], [0, 0, 0], [3, 1, 2], [5, 2, 0]], np.int32)
+  g2 = 1 / math.log2(3)
+  # k = 2 < 3 targets of user 2: the ideal DCG has only two positions.
+  np.testing.assert_allclose(metrics.recall_at_k(ranks, 2), [1.0, 0.0, 2 / 3, 0.5], rtol=1e-6)
+  np.testing.assert_allclose(metrics.ndcg_at_k(ranks, 2), [1.0, 0.0, 1.0, g2 / (1 + g2)],
+                             rtol=1e-6)
+  np.testing.assert_allclose(metrics.ndcg_at_k(ranks, 3), [1.0, 0.0, 1.0, g2 / (1 + g2)],
+                             rtol=1e-6)
+  np.testing.assert_allclose(metrics.mrr(ranks), [1.0, 0.0, 1.0, 0.5], rtol=1e-6)
+
+
+def test_ranking_metrics_masks_history_and_drops_users_without_targets():
+  scores = np.array([[0.9, 0.8, 0.1, 0.5], [0.2, 0.4, 0.6, 0.8], [0.3, 0.1, 0.2, 0.0]], np.float32)
+  targets = np.array([[1], [-1], [2]])
+  exclude = np.zeros((3, 4), bool)
+  exclude[0, 0] = True  # without the mask item 0 would rank above user 0's target
+  means, per_user = metrics.ranking_metrics(scores, targets, exclude, ks=(1, 2))
+  # user 0: rank 1; user 1: no target (dropped); user 2: item 0 (0.3) is ahead -> rank 2
+  want = {"recall@1": [1.0, 0.0], "ndcg@1": [1.0, 0.0], "recall@2": [1.0, 1.0],
+          "ndcg@2": [1.0, 1 / math.log2(3)], "mrr": [1.0, 0.5]}
+  assert set(per_user) == set(want)
+  for name, values in want.items():
+    np.testing.assert_allclose(per_user[name], values, rtol=1e-6, err_msg=name)
+    assert means[name] == pytest.approx(np.mean(values), rel=1e-6), name
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no "mean of empty slice" warning
+    means, per_user = metrics.ranking_metrics(scores, np.full((3, 1), -1), ks=(2,))
+  assert all(math.isnan(v) for v in means.values())
+  assert all(v.shape == (0,) for v in per_user.values())

@@ -220,3 +220,55 @@ def test_rewards_to_arrays():
   np.testing.assert_allclose(adv, [[0.0, 0.0], [-1.0, 1.0]], atol=1e-5)
   with pytest.raises(ValueError, match=r"index \(2,\)"):
     adv_lib.rewards_to_arrays([1.0, 2.0, float("nan")])
+
+
+# --- defaults and edge cases found by mutation testing ------------------------------------------
+
+
+def test_gae_and_token_rewards_defaults():
+  mask = make_mask()
+  rewards = rand(6, (B, T)) * mask
+  values = rand(7, (B, T)) * mask
+  adv, ret = adv_lib.gae(rewards, values, mask)  # gamma = 1.0, lam = 0.95
+  want_adv, want_ret = ref_gae(rewards, values, LENGTHS, 1.0, 0.95)
+  np.testing.assert_allclose(adv, want_adv, atol=ATOL)
+  np.testing.assert_allclose(ret, want_ret, atol=ATOL)
+  scores = rand(8, (B,))
+  got = adv_lib.sequence_reward_to_token_rewards(scores, mask, rand(9, (B, T)))  # kl_coef = 0
+  want = np.zeros((B, T))
+  for i, n in enumerate(LENGTHS):
+    if n:
+      want[i, n - 1] = scores[i]
+  np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch"])
+def test_group_advantages_eps_is_added_to_a_small_std(scale):
+  """Rewards 1e-5 apart: std ~ 5e-6, so eps = 1e-6 moves the advantages by ~20%."""
+  rewards = np.array([[0.0, 1e-5], [0.0, 2e-5]], np.float32)
+  got = adv_lib.group_advantages(rewards, group_size=2, scale=scale)
+  want = ref_group(rewards, np.ones((2, 2), bool), 2, "grpo", 0, 1e-6, scale)
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_group_advantages_float_valid_mask_and_messages():
+  rewards, valid = group_inputs(11)
+  got = adv_lib.group_advantages(rewards, valid.astype(np.float32), group_size=4)
+  want = ref_group(np.nan_to_num(rewards), valid, 4, "grpo", 0, 1e-6, "group")
+  np.testing.assert_allclose(got, want, atol=ATOL, rtol=1e-5)
+  with pytest.raises(ValueError, match=r"^group_advantages: scale must be 'group', 'batch' or "
+                                       r"'none', got 'std'$"):
+    adv_lib.group_advantages(jnp.zeros(4), group_size=4, scale="std")
+  with pytest.raises(ValueError, match=r"^group_advantages: dr_grpo means no group-std scaling"):
+    adv_lib.group_advantages(jnp.zeros(4), group_size=4, method="dr_grpo", scale="group")
+
+
+def test_whiten_default_shift_and_eps_on_small_variance():
+  mask = make_mask()
+  x = garbage(rand(22, (B, T), 2.0) + 1.0, mask)
+  flat = np.concatenate([x[i, :n] for i, n in enumerate(LENGTHS)]).astype(np.float64)
+  want = np.where(mask > 0, (np.nan_to_num(x) - flat.mean()) / math.sqrt(flat.var() + 1e-8), 0.0)
+  np.testing.assert_allclose(adv_lib.whiten(x, mask), want, atol=ATOL)  # shift_mean=True
+  tiny = np.array([[-2e-4, 2e-4]], np.float32)  # variance 4e-8, comparable to eps = 1e-8
+  y = 2e-4 / math.sqrt(4e-8 + 1e-8)
+  np.testing.assert_allclose(adv_lib.whiten(tiny, np.ones((1, 2))), [[-y, y]], rtol=1e-4)

@@ -349,3 +349,112 @@ def test_entropy_from_logits_matches_numpy():
   mean_h = lambda x: losses.masked_mean(losses.entropy_from_logits(x, mask), mask)
   np.testing.assert_allclose(mean_h(logits), ref_aggregate(want, LENGTHS, "token_mean"), atol=ATOL)
   assert np.all(np.isfinite(jax.grad(mean_h)(logits)))
+
+
+# --- defaults, metrics and boundaries found by mutation testing --------------------------------
+
+
+def test_aggregate_defaults_weights_and_max_len_checks():
+  mask = make_mask()
+  x = with_garbage(rand(6, (B, T)), mask)
+  np.testing.assert_allclose(losses.aggregate(x, mask), ref_aggregate(x, LENGTHS, "token_mean"),
+                             atol=ATOL)
+  weights = np.array([[0.5, 2.0, 0.0]], np.float32)  # a float mask weighs tokens
+  values = np.array([[3.0, -1.0, np.nan]], np.float32)
+  np.testing.assert_allclose(losses.masked_mean(values, weights), (1.5 - 2.0) / 2.5, atol=ATOL)
+  one = np.array([[2.0], [4.0]], np.float32)
+  np.testing.assert_allclose(losses.aggregate(one, np.ones((2, 1)), "seq_mean_token_sum_norm"),
+                             3.0, atol=ATOL)  # T = max_len = 1 is valid
+  with pytest.raises(ValueError, match=r"^aggregate: max_len must be positive, got 0$"):
+    losses.aggregate(one, np.ones((2, 1)), "seq_mean_token_sum_norm", max_len=0)
+  with pytest.raises(ValueError, match=r"^aggregate mode 'seq_mean_token_mean' needs a \[B, T\]"):
+    losses.aggregate(jnp.zeros((2, 3, 4)), jnp.ones((2, 3, 4)), "seq_mean_token_mean")
+
+
+def test_token_nll_default_mode_and_max_len():
+  mask = make_mask()
+  lp = with_garbage(-np.abs(rand(7, (B, T))), mask)
+  nll = -np.nan_to_num(lp)
+  np.testing.assert_allclose(losses.token_nll(lp, mask), ref_aggregate(nll, LENGTHS, "token_mean"),
+                             atol=ATOL)
+  np.testing.assert_allclose(losses.token_nll(lp, mask, "seq_mean_token_sum_norm", max_len=16),
+                             ref_aggregate(nll, LENGTHS, "seq_mean_token_sum_norm", 16), atol=ATOL)
+
+
+def test_pairwise_reward_loss_defaults_ties_and_metrics():
+  rc = np.array([1.0, 0.5, 2.0, -1.0], np.float32)
+  rr = np.array([0.0, 0.5, 3.0, -1.5], np.float32)
+  loss, metrics = losses.pairwise_reward_loss(rc, rr)  # no margin, no centring term
+  bt = np.mean([math.log1p(math.exp(-g)) for g in (1.0, 0.0, -1.0, 0.5)])
+  want = {"accuracy": 0.5,  # the tie is not a win
+          "reward_gap": 0.125, "reward_chosen": 0.625, "reward_rejected": 0.5, "bt_loss": bt,
+          "center_loss": (1.0 + 1.0 + 25.0 + 6.25) / 4}
+  assert set(metrics) == set(want)
+  for name, value in want.items():
+    np.testing.assert_allclose(metrics[name], value, atol=ATOL, err_msg=name)
+  np.testing.assert_allclose(loss, bt, atol=ATOL)
+
+
+def test_policy_loss_default_clip_range_and_approx_kl():
+  mask = np.ones((1, 2), np.float32)
+  lp = np.log(np.array([[1.5, 0.5]], np.float32))
+  adv = np.array([[1.0, -1.0]], np.float32)
+  loss, metrics = losses.policy_loss(lp, np.zeros((1, 2), np.float32), adv, mask)  # eps 0.2
+  np.testing.assert_allclose(loss, (-1.2 + 0.8) / 2, atol=ATOL)
+  np.testing.assert_allclose(metrics["clip_fraction_low"], 0.5, atol=ATOL)
+  np.testing.assert_allclose(metrics["clip_fraction_high"], 0.5, atol=ATOL)
+  kl = np.mean([r - 1 - math.log(r) for r in (1.5, 0.5)])
+  np.testing.assert_allclose(metrics["approx_kl"], kl, atol=ATOL)
+  with pytest.raises(ValueError, match="ratio_level"):
+    losses.policy_loss(lp, lp, adv, mask, ratio_level="seq")
+
+
+def test_policy_loss_dual_clip_caps_only_negative_advantages():
+  mask = np.ones((1, 3), np.float32)
+  lp = np.log(np.array([[4.0, 4.0, 0.9]], np.float32))
+  adv = np.array([[0.5, -0.5, 0.25]], np.float32)
+  loss, metrics = losses.policy_loss(lp, np.zeros((1, 3), np.float32), adv, mask, dual_clip=1.5)
+  # token 0: max(-2, -0.6) = -0.6 (A > 0: no cap); token 1: max(2, 0.6) = 2 capped at 0.75;
+  # token 2: -0.225 either way
+  np.testing.assert_allclose(loss, (-0.6 + 0.75 - 0.225) / 3, atol=ATOL)
+  np.testing.assert_allclose(metrics["dual_clip_fraction"], 1 / 3, atol=ATOL)
+
+
+def test_policy_loss_clip_metrics_are_strict_at_the_boundaries():
+  """A token exactly on a clip bound or the dual-clip cap, or with A = 0, is not counted."""
+  mask = np.ones((1, 5), np.float32)
+  lp = np.log(np.array([[0.3, 3.0, 0.5, 1.5, 2.0]], np.float32))
+  ratio = np.asarray(jnp.exp(jnp.asarray(lp)))[0]  # the float32 ratios policy_loss computes
+  adv = np.array([[0.0, 0.0, -1.0, 1.0, -1.0]], np.float32)
+  eps_low, eps_high = 1.0 - float(ratio[2]), float(ratio[3]) - 1.0  # tokens 2, 3 on the bounds
+  _, metrics = losses.policy_loss(lp, np.zeros((1, 5), np.float32), adv, mask, eps_low=eps_low,
+                                  eps_high=eps_high, dual_clip=float(ratio[4]))  # token 4 on cap
+  for name in ("clip_fraction", "clip_fraction_low", "clip_fraction_high", "dual_clip_fraction"):
+    assert float(metrics[name]) == 0.0, name
+
+
+def test_value_loss_metrics_and_max_len():
+  mask = make_mask()
+  vo = rand(53, (B, T))
+  v = with_garbage(vo + rand(54, (B, T), 0.5), mask)
+  ret = with_garbage(vo + rand(55, (B, T)), mask)
+  vo = with_garbage(vo, mask)
+  loss, metrics = losses.value_loss(v, vo, ret, mask, clip_eps=0.2,
+                                    agg_mode="seq_mean_token_sum_norm", max_len=16)
+  want = ref_aggregate(ref_value(v, vo, ret, LENGTHS, 0.2), LENGTHS, "seq_mean_token_sum_norm", 16)
+  np.testing.assert_allclose(loss, want, atol=ATOL)
+  v64, vo64, r64 = (np.nan_to_num(a).astype(np.float64) for a in (v, vo, ret))
+  clipped = (np.clip(v64, vo64 - 0.2, vo64 + 0.2) - r64) ** 2 > (v64 - r64) ** 2
+  want = {"value_clip_fraction": clipped, "value_mean": v64, "return_mean": r64,
+          "value_mse": (v64 - r64) ** 2}
+  for name, per_token in want.items():
+    np.testing.assert_allclose(metrics[name], ref_aggregate(per_token, LENGTHS, "token_mean"),
+                               atol=ATOL, err_msg=name)
+
+
+def test_explained_variance_of_small_returns_and_default_kl_kind():
+  ret = np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)  # var(R) = 0.0125 < 1
+  values = np.array([[0.1, 0.25, 0.25, 0.4]], np.float32)  # var(R - V) = 0.00125
+  mask = np.ones((1, 4), np.float32)
+  np.testing.assert_allclose(losses.explained_variance(values, ret, mask), 0.9, atol=ATOL)
+  np.testing.assert_allclose(losses.kl_penalty(values, ret, mask), values - ret, atol=ATOL)  # k1
