@@ -236,7 +236,10 @@ def run_config(system: str, seed: int = 0) -> ml_collections.ConfigDict:
       system=system, seed=seed, mesh=mesh_config(),
       checkpoint=checkpoint_config(every=50, keep=2), log=log_config(every=10), max_nonfinite=5,
       # include_base: also evaluate model.path itself when an SFT stage ran (its "base" row).
+      # probe_every: every N RL steps, the truth of the policy's completions of the first
+      # probe_size eval prompts, logged as probe/* (curves over steps; 0 = off).
       eval=dict(num_examples=32, batch_size=8, temperature=0.0, include_base=False,
+                probe_every=0, probe_size=16,
                 evaluators=dict(held_out=dict(samples_shown=8)))))
 
 

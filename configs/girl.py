@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      max_prompt_len=224)
   config.eval.num_examples = 16
   config.eval.include_base = True  # Table II: GIRL vs GIRL-SFT and vs the base model
+  config.eval.probe_every = 2  # the oracle's match on 16 held-out CVs over RL steps (curves)
   # GIRL Tables III/IV (jaxprof/systems/girl.py) on a CPU-sized slice of each rec split (noisy).
   config.eval.evaluators.enhanced_rec = dict(rows=32, samples=2)
   if arg.algo == "ppo":

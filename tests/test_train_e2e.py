@@ -135,8 +135,12 @@ def test_girl_tiny_end_to_end(tmp_path, algo):
   for stage in ("sft", "reward_model"):
     assert_stage_outputs(tmp_path, stage, 3)
   assert_rl_outputs(tmp_path, algo, config_of(spec))
+  rows = read_metrics(tmp_path, algo)
   if algo == "ppo":
-    assert "critic/explained_variance" in read_metrics(tmp_path, algo)[-1]
+    assert "critic/explained_variance" in rows[-1]
+  # The oracle on a fixed probe set after steps 2 and 3 (eval.probe_every=2 and the last step).
+  assert ["probe/truth/oracle_match" in r for r in rows] == [False, True, True]
+  assert all(0 <= r["probe/truth/oracle_match"] <= 1 for r in rows[1:])
   results = assert_eval_outputs(tmp_path, {"held_out", "enhanced_rec"}, ("base", "start", "rl"))
   assert "truth/oracle_match" in results["held_out"]["rl"]
   assert "win/truth/oracle_match" in results["held_out"]["rl vs base"]  # Table II

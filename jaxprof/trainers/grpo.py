@@ -108,9 +108,12 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
 
 
 def train(config, stage_dir: pathlib.Path, start: policy.Start, prompt_batch: PromptBatchFn,
-          mesh) -> tuple[Any, dict]:
-  """The GRPO loop over config.rl.total_steps rollouts; returns (final state, last metrics)."""
+          mesh, probe=None) -> tuple[Any, dict]:
+  """The GRPO loop over config.rl.total_steps rollouts; returns (final state, last metrics).
+  probe: `rollout.truth_probe`, run every config.eval.probe_every steps."""
   state, one_step = build(config, start, prompt_batch, mesh)
+  one_step = rollout.with_probe(one_step, probe, lambda s: s.params, start.frozen,
+                                probe and config.eval.probe_every, config.rl.total_steps)
   return loop.run(stage_dir, state, one_step, config.rl.total_steps, config,
                   show=("reward/mean", "rl/kl", "rollout/length_mean", "perf/mfu"))
 
@@ -120,5 +123,6 @@ def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
   rollout.check_config(ctx.config, "grpo")
   start = policy.start(ctx.config, policy.start_dir(ctx.config, inputs))
   prompts = rollout.prompt_batches(ctx.system, start.tok, ctx.system.reward(inputs), ctx.config)
-  state, last = train(ctx.config, stage_dir, start, prompts, ctx.mesh)
+  state, last = train(ctx.config, stage_dir, start, prompts, ctx.mesh,
+                      rollout.truth_probe(ctx.system, start, ctx.config))
   return policy.finish(start, state.params, stage_dir, last)

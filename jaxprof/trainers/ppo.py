@@ -193,9 +193,12 @@ def build(config, start: policy.Start, critic: Critic, prompt_batch: PromptBatch
 
 
 def train(config, stage_dir: pathlib.Path, start: policy.Start, critic: Critic,
-          prompt_batch: PromptBatchFn, mesh) -> tuple[Any, dict]:
-  """The PPO loop over config.rl.total_steps rollouts; returns (final state, last metrics)."""
+          prompt_batch: PromptBatchFn, mesh, probe=None) -> tuple[Any, dict]:
+  """The PPO loop over config.rl.total_steps rollouts; returns (final state, last metrics).
+  probe: `rollout.truth_probe`, run every config.eval.probe_every steps."""
   state, one_step = build(config, start, critic, prompt_batch, mesh)
+  one_step = rollout.with_probe(one_step, probe, lambda s: s["policy"].params, start.frozen,
+                                probe and config.eval.probe_every, config.rl.total_steps)
   return loop.run(stage_dir, state, one_step, config.rl.total_steps, config,
                   show=("reward/mean", "rl/kl", "critic/explained_variance", "perf/mfu"))
 
@@ -207,7 +210,8 @@ def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
   start = policy.start(ctx.config, policy_dir)
   prompts = rollout.prompt_batches(ctx.system, start.tok, ctx.system.reward(inputs), ctx.config)
   critic = build_critic(ctx.config, inputs, policy_dir)
-  state, last = train(ctx.config, stage_dir, start, critic, prompts, ctx.mesh)
+  state, last = train(ctx.config, stage_dir, start, critic, prompts, ctx.mesh,
+                      rollout.truth_probe(ctx.system, start, ctx.config))
   return policy.finish(start, state["policy"].params, stage_dir, last)
 
 

@@ -149,6 +149,43 @@ def prompt_batches(system, tok, reward, config) -> PromptBatchFn:
   return batch
 
 
+def truth_probe(system, start: policy.Start, config) -> Callable[[Any, Any], dict] | None:
+  """probe(trainable, frozen) -> {"probe/truth/...": mean, "probe/length_mean"}: the system's
+  truth on the policy's completions of a fixed set of held-out prompts (the first
+  config.eval.probe_size eval rows, at the eval temperature), for curves over RL steps. None when
+  config.eval.probe_every is 0."""
+  ev = config.eval
+  if not ev.probe_every:
+    return None
+  rows = system.rl_rows("eval")[:ev.probe_size]
+  prompts = [policy.format_prompt(start.tok, system.prompt(r)) for r in rows]
+  ids, mask = policy.encode_prompts(start.tok, prompts, config.rollout.max_prompt_len)
+  ro = config.rollout.copy_and_resolve_references()
+  ro.group_size, ro.temperature = 1, ev.temperature
+
+  def probe(trainable, frozen) -> dict:
+    out = generate(start.spec, trainable, frozen, ids, mask, jax.random.key(config.seed), ro,
+                   start.eos_ids, start.tok.pad_id)
+    texts = start.tok.decode_batch(out.comp_ids, out.comp_mask)
+    return {**{f"probe/{k}": v for k, v in system.truth(rows, texts).items()},
+            "probe/length_mean": float(out.comp_mask.sum(-1).mean())}
+  return probe
+
+
+def with_probe(one_step: Callable, probe, trainable_of: Callable, frozen, every: int,
+               total: int) -> Callable:
+  """one_step that also runs `probe` after every `every`-th step and the last one."""
+  if probe is None:
+    return one_step
+
+  def step(state, i):
+    state, metrics = one_step(state, i)
+    if (i + 1) % every == 0 or i + 1 == total:
+      metrics = {**metrics, **probe(trainable_of(state), frozen)}
+    return state, metrics
+  return step
+
+
 def shareable_group(rows: int, group_size: int) -> int:
   """group_size if `rows` are whole groups (then the prompt pass is shared), else 1."""
   return group_size if rows % group_size == 0 else 1
