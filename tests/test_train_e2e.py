@@ -141,6 +141,8 @@ def test_girl_tiny_end_to_end(tmp_path, algo):
   # The oracle on a fixed probe set after steps 2 and 3 (eval.probe_every=2 and the last step).
   assert ["probe/truth/oracle_match" in r for r in rows] == [False, True, True]
   assert all(0 <= r["probe/truth/oracle_match"] <= 1 for r in rows[1:])
+  for stage in ("sft", "reward_model", algo):  # curves next to the report
+    (tmp_path / "eval" / f"curves_{stage}.png").stat()
   results = assert_eval_outputs(tmp_path, {"held_out", "enhanced_rec"}, ("base", "start", "rl"))
   assert "truth/oracle_match" in results["held_out"]["rl"]
   assert "win/truth/oracle_match" in results["held_out"]["rl vs base"]  # Table II

@@ -2,7 +2,9 @@
 
 Policies: "start" (the SFT export, or model.path) and "rl" (the RL stage's export, if one ran).
 Writes `results.json` ({evaluator: {row: {metric: value}}}), `report.md` (one table per
-evaluator), `samples.jsonl` and one bar chart per evaluator (`<name>.png`) into the stage dir.
+evaluator), `samples.jsonl`, one bar chart per evaluator (`<name>.png`) and the curves over steps
+of every earlier stage (`curves_<stage>.png`: losses, reward, KL, the truth probe) into the stage
+dir.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
   stages.atomic_write_text(stage_dir / "samples.jsonl",
                            "".join(json.dumps(s) + "\n" for s in samples))
   stages.atomic_write_text(stage_dir / "report.md", report(ctx.config, results, samples))
+  for metrics_path in sorted(stage_dir.parent.glob("*/metrics.jsonl")):
+    plot_curves(metrics_path, stage_dir)
   return {"results": results}
 
 
@@ -105,3 +109,36 @@ def plot(table: evaluation.Table, path: pathlib.Path, title: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+CURVES = ("sft/loss", "rm/loss", "rm/accuracy", "reward/mean", "rl/kl", "rl/loss",
+          "rl/grad_norm", "critic/loss", "critic/explained_variance", "rollout/length_mean",
+          "rollout/truncated_fraction", "rl/entropy")
+
+
+def plot_curves(metrics_path: pathlib.Path, out: pathlib.Path) -> pathlib.Path | None:
+  """`out/curves_<stage>.png`: one panel per logged key of CURVES and per probe/* key (the truth
+  on fixed held-out prompts), over the stage's steps. None when the stage logged none of them."""
+  rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+  probes = sorted({k for r in rows for k in r if k.startswith("probe/")})
+  keys = [k for k in (*CURVES, *probes) if any(isinstance(r.get(k), float) for r in rows)]
+  if not rows or not keys:
+    return None
+  cols = min(4, len(keys))
+  rows_n = -(-len(keys) // cols)
+  fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.6 * rows_n), squeeze=False)
+  for ax in axes.flat[len(keys):]:
+    ax.axis("off")
+  for ax, key in zip(axes.flat, keys, strict=False):
+    points = [(r["step"], r[key]) for r in rows
+              if isinstance(r.get(key), float) and math.isfinite(r[key])]
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
+    ax.set_title(key, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+  fig.suptitle(metrics_path.parent.name)
+  fig.tight_layout()
+  path = out / f"curves_{metrics_path.parent.name}.png"
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
