@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.include_base = True  # Table II: GIRL vs GIRL-SFT and vs the base model
   config.eval.probe_every = 2  # the oracle's match on 16 held-out CVs over RL steps (curves)
   # GIRL Tables III/IV (jaxprof/systems/girl.py) on a CPU-sized slice of each rec split (noisy).
-  config.eval.evaluators.enhanced_rec = dict(rows=32, samples=2)
+  config.eval.evaluators.enhanced_rec = dict(rows=32, samples=(1, 2, 4))
   if arg.algo == "ppo":
     config.ppo.critic_init = "reward_model"  # the critic starts from the trained reward model
   if arg.paper:

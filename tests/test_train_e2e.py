@@ -88,6 +88,7 @@ RANGES = [("truth/engagement_pointwise", -0.5, 1.0),  # utility-weighted: u in [
           ("diff/truth/", -1.5, 1.5), ("win/", 0.0, 1.0), ("tie/", 0.0, 1.0), ("lose/", 0.0, 1.0),
           ("truth/", 0.0, 1.0), ("length/", 1.0, math.inf), ("rec_test/auc", 0.0, 1.0),
           ("cold_start_test/auc", 0.0, 1.0), ("rec_test/logloss", 0.0, math.inf),
+          ("rec_test/auc/", 0.0, 1.0), ("cold_start_test/auc/", 0.0, 1.0),
           ("cold_start_test/logloss", 0.0, math.inf), ("reward/", -math.inf, math.inf)]
 
 
@@ -146,8 +147,8 @@ def test_girl_tiny_end_to_end(tmp_path, algo):
   results = assert_eval_outputs(tmp_path, {"held_out", "enhanced_rec"}, ("base", "start", "rl"))
   assert "truth/oracle_match" in results["held_out"]["rl"]
   assert "win/truth/oracle_match" in results["held_out"]["rl vs base"]  # Table II
-  assert {"plain/mlp", "plain/dot", "rl/mlp", "start/dot", "base/mlp"} <= set(
-      results["enhanced_rec"])
+  assert {"plain/mlp", "plain/dot", "rl/N1/mlp", "start/N4/dot", "base/N2/mlp"} <= set(
+      results["enhanced_rec"])  # Tables III/IV, and Fig. 5's sweep over N
   # Re-running the same command skips every completed stage.
   again = train(spec, tmp_path)
   assert again.stderr.count("already complete") == 4

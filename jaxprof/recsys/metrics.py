@@ -84,6 +84,31 @@ def bootstrap_ci(
   return float(values.mean()), float(low), float(high)
 
 
+def bootstrap_metric_ci(
+    fn, labels: np.ndarray, scores: np.ndarray, n_boot: int = 200, alpha: float = 0.05,
+    seed: int = 0
+) -> tuple[float, float, float]:
+  """Percentile bootstrap of a metric that is not a mean of per-row values (AUC, LogLoss):
+  fn(labels, scores) on the rows, then on `n_boot` resamples of the rows (resamples where fn is
+  undefined, e.g. one class for AUC, are skipped).
+
+  Returns:
+    (fn on all rows, low, high); low and high are nan if no resample was defined.
+  """
+  labels, scores = np.asarray(labels), np.asarray(scores)
+  value = fn(labels, scores)
+  rng = np.random.default_rng(seed)
+  draws = []
+  for _ in range(n_boot):
+    idx = rng.integers(0, len(labels), len(labels))
+    if len(np.unique(labels[idx])) > 1:
+      draws.append(fn(labels[idx], scores[idx]))
+  if not draws:
+    return float(value), float("nan"), float("nan")
+  low, high = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
+  return float(value), float(low), float(high)
+
+
 def paired_bootstrap_ci(
     a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> tuple[float, float, float]:

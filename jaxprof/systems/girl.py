@@ -70,10 +70,15 @@ REC_SPLITS = ("rec_train", "rec_val", "rec_test", "cold_start_test")
 
 
 def _auc_logloss(params, data: two_tower.MatchData) -> dict[str, float]:
+  """AUC and LogLoss with bootstrap 95% intervals over the split's rows."""
   if len(np.unique(data.labels)) < 2:  # a tiny split with one class: AUC is undefined
     return {"auc": float("nan"), "logloss": float("nan")}
-  probs = two_tower.predict(params, data.c, data.j, data.j_gen)
-  return {"auc": metrics.auc(data.labels, probs), "logloss": metrics.log_loss(data.labels, probs)}
+  probs = np.asarray(two_tower.predict(params, data.c, data.j, data.j_gen))
+  out = {}
+  for name, fn in (("auc", metrics.auc), ("logloss", metrics.log_loss)):
+    value, low, high = metrics.bootstrap_metric_ci(fn, data.labels, probs)
+    out |= {name: value, f"{name}/ci_low": low, f"{name}/ci_high": high}
+  return out
 
 
 def _matchers(data: dict[str, two_tower.MatchData], seed: int) -> dict[str, dict[str, float]]:
@@ -87,14 +92,18 @@ def _matchers(data: dict[str, two_tower.MatchData], seed: int) -> dict[str, dict
 
 
 @evaluation.register("enhanced_rec")
-def enhanced_rec(ev: evaluation.Context, rows: int = 32, samples: int = 2) -> evaluation.Result:
-  """Tables III/IV: does the generated JD help a CV-JD matcher? (Fig. 5: `samples` JDs pooled.)
+def enhanced_rec(ev: evaluation.Context, rows: int = 32, samples: tuple[int, ...] = (1, 2, 4)
+                 ) -> evaluation.Result:
+  """Tables III/IV and Fig. 5: does the generated JD help a CV-JD matcher, and with how many?
 
-  Embeds CVs and posting JDs of the rec splits with the frozen MiniLM; trains the two-tower
-  matcher (MLP and dot) on [c; j] ("plain"), then for each policy generates `samples` JDs per CV
-  (temperature 1 when samples > 1), mean-pools their embeddings and trains on [c; j; j'].
+  Embeds CVs and posting JDs of the rec splits (`rows` of each) with the frozen MiniLM; trains the
+  two-tower matcher (MLP and dot) on [c; j] ("plain"); then for each policy generates max(samples)
+  JDs once per distinct CV (temperature 1 when more than one), and for each N in `samples`
+  mean-pools the first N JDs' embeddings and trains on [c; j; j'] (rows "<policy>/N<N>/<model>").
+  AUC and LogLoss come with bootstrap 95% intervals over the test rows.
   """
   system = ev.system
+  samples = tuple(sorted({int(n) for n in ([samples] if isinstance(samples, int) else samples)}))
   data_rows = {s: system.rows(s, rows) for s in REC_SPLITS}
   encoder = TextEncoder.packaged_minilm()
   plain = {s: two_tower.MatchData(encoder.embed([r["cv"] for r in rs]),
@@ -102,12 +111,17 @@ def enhanced_rec(ev: evaluation.Context, rows: int = 32, samples: int = 2) -> ev
                                   np.asarray([r["label"] for r in rs], np.float32))
            for s, rs in data_rows.items()}
   table = {f"plain/{p}": m for p, m in _matchers(plain, ev.config.seed).items()}
+  # Rows repeat seekers: each distinct CV is generated for once per policy, for every N.
+  distinct = {r["cv"]: r for rs in data_rows.values() for r in rs}
+  where = {cv: i for i, cv in enumerate(distinct)}
   for name in ev.policies:
-    logging.info("enhanced rec: generating JDs with the %s policy", name)
-    data = {}
-    for s, rs in data_rows.items():
-      jds = ev.generate(name, [system.prompt(r) for r in rs], samples=samples)
-      emb = encoder.embed([t for group in jds for t in group]).reshape(len(rs), samples, -1)
-      data[s] = plain[s]._replace(j_gen=emb)
-    table |= {f"{name}/{p}": m for p, m in _matchers(data, ev.config.seed).items()}
+    logging.info("enhanced rec: %d JDs for each of %d CVs with the %s policy", samples[-1],
+                 len(distinct), name)
+    jds = ev.generate(name, [system.prompt(r) for r in distinct.values()], samples=samples[-1])
+    emb = encoder.embed([t for group in jds for t in group]).reshape(len(distinct), samples[-1],
+                                                                     -1)
+    for n in samples:
+      data = {s: plain[s]._replace(j_gen=emb[[where[r["cv"]] for r in rs], :n])
+              for s, rs in data_rows.items()}
+      table |= {f"{name}/N{n}/{p}": m for p, m in _matchers(data, ev.config.seed).items()}
   return evaluation.Result(table)

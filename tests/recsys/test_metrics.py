@@ -193,3 +193,12 @@ def test_ranking_metrics_masks_history_and_drops_users_without_targets():
     means, per_user = metrics.ranking_metrics(scores, np.full((3, 1), -1), ks=(2,))
   assert all(math.isnan(v) for v in means.values())
   assert all(v.shape == (0,) for v in per_user.values())
+
+
+def test_log_loss_of_float32_probs_is_computed_in_float64():
+  rng = np.random.default_rng(7)
+  labels = rng.integers(0, 2, size=200)
+  probs = rng.uniform(0.01, 0.99, size=200).astype(np.float32)  # e.g. a JAX model's output
+  p = probs.astype(np.float64)
+  want = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+  assert metrics.log_loss(labels, probs) == pytest.approx(want, rel=1e-12)
