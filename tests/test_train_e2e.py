@@ -147,6 +147,7 @@ def test_girl_tiny_end_to_end(tmp_path, algo):
   results = assert_eval_outputs(tmp_path, {"held_out", "enhanced_rec"}, ("base", "start", "rl"))
   assert "truth/oracle_match" in results["held_out"]["rl"]
   assert "win/truth/oracle_match" in results["held_out"]["rl vs base"]  # Table II
+  assert "Reward model: held-out pairwise accuracy" in (tmp_path / "eval" / "report.md").read_text()
   assert {"plain/mlp", "plain/dot", "rl/N1/mlp", "start/N4/dot", "base/N2/mlp"} <= set(
       results["enhanced_rec"])  # Tables III/IV, and Fig. 5's sweep over N
   # Re-running the same command skips every completed stage.

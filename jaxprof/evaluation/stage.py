@@ -51,7 +51,8 @@ def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
   stages.atomic_write_json(stage_dir / "results.json", results)
   stages.atomic_write_text(stage_dir / "samples.jsonl",
                            "".join(json.dumps(s) + "\n" for s in samples))
-  stages.atomic_write_text(stage_dir / "report.md", report(ctx.config, results, samples))
+  stages.atomic_write_text(stage_dir / "report.md",
+                           report(ctx.config, results, samples, inputs))
   for metrics_path in sorted(stage_dir.parent.glob("*/metrics.jsonl")):
     plot_curves(metrics_path, stage_dir)
   return {"results": results}
@@ -73,9 +74,14 @@ def _table(table: evaluation.Table) -> list[str]:
   return out
 
 
-def report(config, results: Mapping[str, evaluation.Table], samples) -> str:
+def report(config, results: Mapping[str, evaluation.Table], samples,
+           inputs: Mapping[str, Mapping] | None = None) -> str:
   out = [f"# Evaluation: {config.system}\n",
          "`truth/*` is the system's independent measure; `reward/*` is what RL optimised.\n"]
+  accuracy = (inputs or {}).get("reward_model", {}).get("eval_pairwise_accuracy")
+  if accuracy is not None:
+    out.append(f"Reward model: held-out pairwise accuracy {accuracy:.3f} "
+               f"(`reward_model.backbone={config.reward_model.backbone}`).\n")
   for name, table in results.items():
     doc = " ".join((evaluation.get(name).__doc__ or "").strip().split("\n\n")[0].split())
     out += [f"## {name}\n", doc + "\n" if doc else "", *_table(table), ""]

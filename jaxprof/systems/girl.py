@@ -51,7 +51,7 @@ class System(base.System):
     rm_dir = inputs.get("reward_model", {}).get("reward_model_dir")
     if rm_dir is None:
       return {}
-    return {"reward_model": reward_model.RewardModel(rm_dir, self.config.model)}
+    return {"reward_model": reward_model.load(rm_dir, self.config.model)}
 
   def truth_rows(self, rows, texts):
     """The hidden recruiter oracle's match probability of each CV's seeker with the text."""

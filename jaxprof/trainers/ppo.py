@@ -225,7 +225,7 @@ def build_critic(config, inputs, policy_dir: str) -> Critic:
       raise config_lib.ConfigError("ppo.critic_init='reward_model' needs the reward_model stage "
                                    "to run first (or use ppo.critic_init='policy:N')")
     params, card = artifacts.load_pytree(rm_dir)
-    if card["backbone"] == "encoder":
+    if card["backbone"] in ("encoder", "embedding"):
       raise config_lib.ConfigError("a per-token critic needs a causal-LM reward model; set "
                                    "reward_model.backbone='policy:N' or ppo.critic_init='policy:N'")
     cfg, _ = reward_model.card_backbone(card, config.model)

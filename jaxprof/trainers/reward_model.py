@@ -1,7 +1,9 @@
 """Reward model: a scalar head trained with a pairwise loss on chosen vs rejected responses.
 
 Backbones: "policy:N" (the first N layers of the policy checkpoint, sharing its tokenizer, so a
-critic can later start from it) or "encoder" (the packaged MiniLM, scoring whole texts).
+critic can later start from it), "encoder" (the packaged MiniLM, fine-tuned, scoring whole texts)
+or "embedding" (the frozen MiniLM's prompt and response embeddings and a trained head:
+`embedding_rm`). `load` reads any of them back.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from jaxprof.rewards import registry
 from jaxprof.rewards.base import to_rewards, valid_texts
 from jaxprof.rl import losses
 from jaxprof.tokenizer import Tokenizer
-from jaxprof.trainers import artifacts, common, loop, policy
+from jaxprof.trainers import artifacts, common, embedding_rm, loop, policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,8 @@ def build_backbone(backbone: str, policy_dir: str, model_config, seed: int):
     return enc.cfg, enc.params, enc
   kind, _, n = backbone.partition(":")
   if kind != "policy" or not n.isdigit():
-    raise ValueError(f"reward_model.backbone={backbone!r}; expected 'encoder' or 'policy:N'")
+    raise ValueError(f"reward_model.backbone={backbone!r}; expected 'policy:N', 'encoder' or "
+                     f"'{embedding_rm.BACKBONE}'")
   cfg, params, tok = policy.load(model_config, policy_dir, seed=seed)
   params, cfg = heads.truncate_layers(params, cfg, int(n))
   return cfg, params, tok
@@ -95,6 +98,9 @@ def _pair_batch(scorer, tok, pairs, idx) -> dict:
 def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
   """The reward_model stage: the system's pairs, backbone from the SFT export (or model.path)."""
   system = ctx.system
+  if ctx.config.reward_model.backbone == embedding_rm.BACKBONE:
+    return embedding_rm.train(ctx.config, stage_dir, system.reward_pairs("train"),
+                              system.reward_pairs("eval"), ctx.mesh)
   return train(ctx.config, stage_dir, system.reward_pairs("train"), system.reward_pairs("eval"),
                policy.start_dir(ctx.config, inputs), ctx.mesh)
 
@@ -165,6 +171,15 @@ def card_backbone(card: dict, model_config):
     cfg = hf.config_from_hf(hf.read_hf_config(card["policy_dir"]))
     tok = Tokenizer.from_dir(card["policy_dir"])
   return dataclasses.replace(cfg, num_layers=n), tok
+
+
+def load(directory: str | pathlib.Path, model_config, batch_size: int = 32):
+  """The reward model saved in `directory`, whatever its backbone: `.score(prompts, responses,
+  group_size) -> [B]`."""
+  params, card = artifacts.load_pytree(directory)
+  if card["backbone"] == embedding_rm.BACKBONE:
+    return embedding_rm.EmbeddingRewardModel(params["head"])
+  return RewardModel(directory, model_config, batch_size)
 
 
 class RewardModel:
