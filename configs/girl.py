@@ -7,10 +7,13 @@ r"""GIRL: generative job recommendation (CV -> job description), SFT -> reward m
   python -m jaxprof.train --config=configs/girl.py:tiny --workdir=/tmp/girl_tiny   # seconds
 
 Data: the job_market data set (real O*NET/ESCO text, hidden recruiter oracle). The reward model
-is the first 6 layers of the SFT policy plus a scalar head (GIRL initialises the critic from a
-reward model smaller than the generator); PPO's critic starts from it. The eval stage compares the
-SFT and PPO policies by reward-model score and by the oracle's true match probability, so reward
-hacking shows up as a reward gain without an oracle gain. Defaults are sized for a CPU run of the
+reads frozen MiniLM embeddings of the CV prompt and the JD (`reward_model.backbone="embedding"`,
+trained on 900 oracle-labelled pairs in about a minute); a 6-layer SFT-policy backbone with a
+scalar head (`--config.reward_model.backbone=policy:6`, from which GIRL would also start the
+critic) stayed at chance at this machine's budget. PPO's critic is the first 6 layers of the SFT
+policy with a fresh head. The eval stage compares the base, SFT and PPO policies by reward-model
+score and by the oracle's true match probability, so reward hacking shows up as a reward gain
+without an oracle gain. Defaults are sized for a CPU run of the
 packaged SmolLM2-135M; scale steps and batch sizes up on accelerators.
 """
 
@@ -27,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name="job_market", seed=arg.seed, data_dir="", max_history=30, include_skipped=False,
       sizes=dict(num_seekers=400, num_cold_seekers=100, num_postings=600, sft=320,
-                 reward_model=320, rl=128, rec_train=400, rec_val=100, rec_test=200,
+                 reward_model=1000, rl=128, rec_train=400, rec_val=100, rec_test=200,
                  cold_start_test=200, candidates=16)))
 
   config.model = common.model_config("packaged", lora_rank=arg.lora)
@@ -35,8 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # lengths); on accelerators raise steps, batch sizes and lengths from the command line.
   config.sft = common.sft_config(steps=16, batch_size=4, lr=5e-5, max_prompt_len=224,
                                  max_target_len=128)
-  config.reward_model = common.reward_model_config(steps=16, batch_size=4, lr=1e-4,
-                                                   backbone="policy:6")
+  config.reward_model = common.reward_model_config(steps=300, batch_size=32, lr=1e-2,
+                                                   backbone="embedding")
   config.reward_model.max_prompt_len = 224
   config.reward_model.max_response_len = 128
   common.rl_sections(config, arg.algo, steps=6, lr=2e-6,
@@ -49,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # GIRL Tables III/IV (jaxprof/systems/girl.py) on a CPU-sized slice of each rec split (noisy).
   config.eval.evaluators.enhanced_rec = dict(rows=32, samples=(1, 2, 4))
   if arg.algo == "ppo":
-    config.ppo.critic_init = "reward_model"  # the critic starts from the trained reward model
+    config.ppo.critic_init = "policy:6"  # the embedding reward model scores whole texts only
   if arg.paper:
     paper_ppo(config)
   # The trained reward model, plus a mild length term so JDs stay JD-sized: its target (80
@@ -66,6 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.sizes.update(dict(num_seekers=40, num_cold_seekers=10, num_postings=60, sft=16,
                                   reward_model=16, rl=8, rec_train=16, rec_val=16, rec_test=16,
                                   cold_start_test=16, candidates=4))
+    if arg.algo == "ppo":  # tiny's reward model is causal (policy:1): the critic starts from it
+      config.ppo.critic_init = "reward_model"
   return config
 
 
