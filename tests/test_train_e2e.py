@@ -100,13 +100,6 @@ def assert_eval_outputs(workdir: pathlib.Path, evaluators: set[str],
   assert set(results) == evaluators
   held_out = results["held_out"]
   assert set(held_out) == {*policies, *(f"rl vs {p}" for p in policies if p != "rl")}
-  for p in policies:  # truth with its interval; win + tie + lose = 1 against each other policy
-    for m in (k for k in held_out[p] if k.startswith("truth/") and "/ci_" not in k):
-      assert held_out[p][f"{m}/ci_low"] <= held_out[p][m] <= held_out[p][f"{m}/ci_high"]
-      if p != "rl":
-        vs = held_out[f"rl vs {p}"]
-        assert abs(vs[f"win/{m}"] + vs[f"tie/{m}"] + vs[f"lose/{m}"] - 1) < 1e-9
-        assert vs[f"diff/{m}/ci_low"] <= vs[f"diff/{m}"] <= vs[f"diff/{m}/ci_high"]
   for name, table in results.items():
     for row, metrics in table.items():
       assert metrics, (name, row)
@@ -117,6 +110,13 @@ def assert_eval_outputs(workdir: pathlib.Path, evaluators: set[str],
         assert bounds, f"{where}: no range declared for this metric"
         assert bounds[0][0] <= value <= bounds[0][1], where
       (eval_dir / f"{name}.png").stat()
+  for p in policies:  # truth with its interval; win + tie + lose = 1 against each other policy
+    for m in (k for k in held_out[p] if k.startswith("truth/") and "/ci_" not in k):
+      assert held_out[p][f"{m}/ci_low"] <= held_out[p][m] <= held_out[p][f"{m}/ci_high"]
+      if p != "rl":
+        vs = held_out[f"rl vs {p}"]
+        assert abs(vs[f"win/{m}"] + vs[f"tie/{m}"] + vs[f"lose/{m}"] - 1) < 1e-9
+        assert vs[f"diff/{m}/ci_low"] <= vs[f"diff/{m}"] <= vs[f"diff/{m}/ci_high"]
   samples = [json.loads(x) for x in (eval_dir / "samples.jsonl").read_text().splitlines()]
   assert samples and all(s[p].strip() for s in samples for p in policies), samples[:2]
   assert "## held_out" in (eval_dir / "report.md").read_text()
