@@ -164,6 +164,9 @@ def reward_model_config(steps: int = 200, batch_size: int = 8, lr: float = 5e-5,
   return ml_collections.ConfigDict(dict(
       backbone=backbone, pooling="last", batch_size=batch_size, margin=0.0, center_coef=0.01,
       head_init_scale=0.0,  # scores start at 0: no saturated pairs at step 0
+      # Pairs of the start policy's own samples for `prompts` reward-model prompts, ordered by
+      # the system's labeller (jaxprof/trainers/sampled_pairs.py); 0 = off.
+      sampled=dict(prompts=0, samples=4, margin=0.02),
       max_prompt_len=256, max_response_len=192,
       optim=optim_config(lr=lr, warmup=max(steps // 10, 1), total_steps=steps,
                          weight_decay=0.01)))
@@ -238,6 +241,7 @@ def run_config(system: str, seed: int = 0) -> ml_collections.ConfigDict:
       # include_base: also evaluate model.path itself when an SFT stage ran (its "base" row).
       # probe_every: every N RL steps, the truth of the policy's completions of the first
       # probe_size eval prompts, logged as probe/* (curves over steps; 0 = off).
+      # batch_size: completions per generate call (prompts x samples).
       eval=dict(num_examples=32, batch_size=8, temperature=0.0, include_base=False,
                 probe_every=0, probe_size=16,
                 evaluators=dict(held_out=dict(samples_shown=8)))))

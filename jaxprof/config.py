@@ -281,6 +281,11 @@ def validate(
 
 
 ALGORITHMS = ("ppo", "grpo")
+# Allowed values of RL settings: the validator checks them here and the code that reads each
+# setting imports its list from here (config sits below rl/ and trainers/ in the layers).
+KL_ESTIMATORS = ("k1", "k2", "k3", "k3_inv")  # rl.kl_estimator
+PPO_ADVANTAGES = ("gae", "sequence")  # ppo.advantage
+TRUNCATED_RULES = ("keep", "mask", "penalty")  # rl.truncated
 
 
 def _algorithm_sections(config: Any) -> list[str]:
@@ -316,12 +321,13 @@ def _rl_combinations(config: Any) -> list[str]:
                     f"{rl.get('eps_high')}: a sequence ratio is clipped to ~3e-4/4e-4 (GSPO); set "
                     "--config.rl.eps_low=3e-4 --config.rl.eps_high=4e-4")
   ppo = config.get("ppo") or {}
-  if ppo.get("advantage", "gae") not in ("gae", "sequence"):
-    problems.append(f"ppo.advantage={ppo.get('advantage')!r}: expected 'gae' or 'sequence'")
-  if rl.get("kl_estimator", "k1") not in ("k1", "k2", "k3", "k3_inv"):
-    problems.append(f"rl.kl_estimator={rl.get('kl_estimator')!r}: expected k1, k2, k3 or k3_inv")
-  if "truncated" in rl and rl.truncated not in ("keep", "mask", "penalty"):
-    problems.append(f"rl.truncated={rl.truncated!r}: expected 'keep', 'mask' or 'penalty'")
+  if ppo.get("advantage", "gae") not in PPO_ADVANTAGES:
+    problems.append(f"ppo.advantage={ppo.get('advantage')!r}: expected one of {PPO_ADVANTAGES}")
+  if rl.get("kl_estimator", "k1") not in KL_ESTIMATORS:
+    problems.append(f"rl.kl_estimator={rl.get('kl_estimator')!r}: expected one of "
+                    f"{KL_ESTIMATORS}")
+  if "truncated" in rl and rl.truncated not in TRUNCATED_RULES:
+    problems.append(f"rl.truncated={rl.truncated!r}: expected one of {TRUNCATED_RULES}")
   return problems
 
 

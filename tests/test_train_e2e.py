@@ -148,7 +148,10 @@ def test_girl_tiny_end_to_end(tmp_path, algo):
   assert "truth/oracle_match" in results["held_out"]["rl"]
   assert "win/truth/oracle_match" in results["held_out"]["rl vs base"]  # Table II
   assert "Reward model: held-out pairwise accuracy" in (tmp_path / "eval" / "report.md").read_text()
-  assert {"plain/mlp", "plain/dot", "rl/N1/mlp", "start/N4/dot", "base/N2/mlp"} <= set(
+  done = json.loads((tmp_path / "reward_model" / "DONE.json").read_text())["outputs"]
+  assert done["sampled_pairs_train"] >= 0 and (tmp_path / "reward_model" / "sampled_pairs.json"
+                                               ).exists()  # reward_model.sampled ran
+  assert {"plain/mlp", "plain/dot", "rl/N1/mlp", "start/N4/dot", "rl/N2/mlp"} <= set(
       results["enhanced_rec"])  # Tables III/IV, and Fig. 5's sweep over N
   # Re-running the same command skips every completed stage.
   again = train(spec, tmp_path)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
+from absl import logging
 
 from jaxprof.trainers import policy, rollout
 
@@ -30,9 +32,23 @@ class Result(NamedTuple):
   samples: Sequence[Mapping[str, Any]] = ()
 
 
+class _Sample(NamedTuple):
+  """One cached completion: its token ids and mask [N], text, and whether the cap cut it off."""
+
+  ids: np.ndarray
+  mask: np.ndarray
+  text: str
+  truncated: bool
+
+
 @dataclasses.dataclass
 class Context:
-  """What an evaluator sees: the run, its system, and the policies to compare (name -> HF dir)."""
+  """What an evaluator sees: the run, its system, and the policies to compare (name -> HF dir).
+
+  Completions are cached per (policy, temperature, prompt): evaluators that ask for the same
+  prompts share one generation, and asking for fewer samples than were drawn reuses the first
+  ones (samples are independent draws, so any prefix is itself a sample of that size).
+  """
 
   config: Any
   system: Any
@@ -40,6 +56,8 @@ class Context:
   inputs: Mapping[str, Mapping]
   stage_dir: pathlib.Path
   _loaded: dict = dataclasses.field(default_factory=dict, repr=False)
+  _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+  _tokenizers: dict = dataclasses.field(default_factory=dict, repr=False)
 
   def load(self, name: str):
     """(PolicySpec, params, tokenizer) of policy `name`, loaded once."""
@@ -49,35 +67,58 @@ class Context:
       self._loaded = {name: (spec, params, tok)}  # one policy in memory at a time
     return self._loaded[name]
 
+  def tokenizer(self, name: str):
+    """Policy `name`'s tokenizer (without loading its weights when they are not needed)."""
+    if name in self._loaded:
+      return self._loaded[name][2]
+    if name not in self._tokenizers:
+      self._tokenizers[name] = policy.load_tokenizer(self.policies[name])
+    return self._tokenizers[name]
+
   def rollouts(self, name: str, prompts: Sequence[Any], samples: int = 1,
                temperature: float | None = None) -> list[tuple[list[str], rollout.Rollout]]:
-    """Policy `name`'s completions of chat `prompts`, batch by batch: [(formatted prompts,
-    Rollout of their len * samples rows, completions decoded)]. The one generation path.
+    """Policy `name`'s completions of chat `prompts`: [(formatted prompts, Rollout of their
+    len * samples rows, completions decoded)], in batches of config.eval.batch_size rows. The one
+    generation path.
 
-    temperature: default config.eval.temperature for one sample, 1.0 for several. Batches of
-    config.eval.batch_size prompts (the last padded: one compiled shape), config.rollout's
-    lengths.
+    temperature: default config.eval.temperature for one sample, 1.0 for several. Prompts not
+    cached with `samples` completions yet are generated config.eval.batch_size rows per call
+    (the last call padded: one compiled shape), with config.rollout's lengths.
     """
-    spec, params, tok = self.load(name)
-    ev, ro = self.config.eval, self.config.rollout.copy_and_resolve_references()
-    ro.group_size = samples
-    ro.temperature = temperature if temperature is not None else (
-        ev.temperature if samples == 1 else 1.0)
+    temperature = float(temperature if temperature is not None else (
+        self.config.eval.temperature if samples == 1 else 1.0))
+    tok = self.tokenizer(name)
+    formatted = [policy.format_prompt(tok, p) for p in prompts]
+    cache = self._cache.setdefault((name, temperature), {})
+    missing = [p for p in dict.fromkeys(formatted) if len(cache.get(p, ())) < samples]
+    per_call = max(1, self.config.eval.batch_size // samples)
+    if missing:
+      logging.info("eval: %s generates %d completion(s) for each of %d prompts", name, samples,
+                   len(missing))
+    for start in range(0, len(missing), per_call):
+      self._generate(name, missing[start:start + per_call], per_call, samples, temperature,
+                     cache)
     out = []
-    for start in range(0, len(prompts), ev.batch_size):
-      chunk = [policy.format_prompt(tok, p) for p in prompts[start:start + ev.batch_size]]
-      padded = chunk + [chunk[-1]] * (ev.batch_size - len(chunk))
-      ids, mask = policy.encode_prompts(tok, padded, ro.max_prompt_len)
-      batch = rollout.generate(spec, params, {}, ids, mask,
-                               jax.random.key(self.config.seed + start), ro, tok.eos_ids,
-                               tok.pad_id)
-      n = len(chunk) * samples  # drop the padding rows
-      batch = dataclasses.replace(batch, **{k: getattr(batch, k)[:n] for k in (
-          "prompt_ids", "prompt_mask", "comp_ids", "comp_mask", "logprobs", "row_prompt",
-          "truncated")})
-      batch.completions = tok.decode_batch(batch.comp_ids, batch.comp_mask)
-      out.append((chunk, batch))
+    for start in range(0, len(formatted), per_call):
+      chunk = formatted[start:start + per_call]
+      out.append((chunk, _as_rollout([cache[p][:samples] for p in chunk], samples,
+                                     tok.pad_id)))
     return out
+
+  def _generate(self, name, chunk, per_call, samples, temperature, cache) -> None:
+    spec, params, tok = self.load(name)
+    ro = self.config.rollout.copy_and_resolve_references()
+    ro.group_size, ro.temperature = samples, temperature
+    padded = chunk + [chunk[-1]] * (per_call - len(chunk))
+    ids, mask = policy.encode_prompts(tok, padded, ro.max_prompt_len)
+    seed = self.config.seed + len(cache)  # a new key per call, the same on every run
+    batch = rollout.generate(spec, params, {}, ids, mask, jax.random.key(seed), ro, tok.eos_ids,
+                             tok.pad_id)
+    texts = tok.decode_batch(batch.comp_ids, batch.comp_mask)
+    for i, p in enumerate(chunk):
+      rows = range(i * samples, (i + 1) * samples)
+      cache[p] = [_Sample(batch.comp_ids[r], batch.comp_mask[r], texts[r],
+                          bool(batch.truncated[r])) for r in rows]
 
   def generate(self, name: str, prompts: Sequence[Any], samples: int = 1,
                temperature: float | None = None) -> list[list[str]]:
@@ -85,6 +126,25 @@ class Context:
     texts = [t for _, ro in self.rollouts(name, prompts, samples, temperature)
              for t in ro.completions]
     return [texts[i * samples:(i + 1) * samples] for i in range(len(prompts))]
+
+
+def _as_rollout(groups: Sequence[Sequence[_Sample]], samples: int, pad_id: int
+                ) -> rollout.Rollout:
+  """A Rollout of cached completions ([prompts][samples]), right-padded to the longest; its
+  prompt arrays are empty (evaluators score completions, not prompts)."""
+  flat = [s for g in groups for s in g]
+  width = max(int(s.mask.sum()) for s in flat)
+  ids = np.full((len(flat), max(width, 1)), pad_id, np.int32)
+  mask = np.zeros_like(ids, bool)
+  for r, s in enumerate(flat):
+    n = int(s.mask.sum())
+    ids[r, :n], mask[r, :n] = s.ids[s.mask.astype(bool)][:n], True
+  empty = np.zeros((len(flat), 0), np.int32)
+  return rollout.Rollout(prompt_ids=empty, prompt_mask=empty.astype(bool), comp_ids=ids,
+                         comp_mask=mask, logprobs=np.zeros(ids.shape, np.float32),
+                         row_prompt=np.repeat(np.arange(len(groups)), samples),
+                         prompt_group=samples, completions=[s.text for s in flat],
+                         truncated=np.array([s.truncated for s in flat]))
 
 
 Evaluator = Callable[..., Result]

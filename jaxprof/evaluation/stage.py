@@ -78,10 +78,18 @@ def report(config, results: Mapping[str, evaluation.Table], samples,
            inputs: Mapping[str, Mapping] | None = None) -> str:
   out = [f"# Evaluation: {config.system}\n",
          "`truth/*` is the system's independent measure; `reward/*` is what RL optimised.\n"]
-  accuracy = (inputs or {}).get("reward_model", {}).get("eval_pairwise_accuracy")
-  if accuracy is not None:
-    out.append(f"Reward model: held-out pairwise accuracy {accuracy:.3f} "
-               f"(`reward_model.backbone={config.reward_model.backbone}`).\n")
+  rm = (inputs or {}).get("reward_model", {})
+  if rm.get("eval_pairwise_accuracy") is not None:
+    sampled = rm.get("eval_pairwise_accuracy_sampled")
+    out.append(f"Reward model: held-out pairwise accuracy {rm['eval_pairwise_accuracy']:.3f} "
+               f"(`reward_model.backbone={config.reward_model.backbone}`)" + (
+                   f"; on pairs of the start policy's own samples for held-out prompts "
+                   f"{sampled:.3f} ({rm.get('sampled_pairs_eval')} pairs)" if sampled is not None
+                   else "") + ".\n")
+    if rm.get("eval_pairwise_accuracy_init") is not None:
+      out.append("The plain cosine the head started from: " + ", ".join(
+          f"{rm[k]:.3f}" for k in ("eval_pairwise_accuracy_init",
+                                   "eval_pairwise_accuracy_sampled_init") if k in rm) + ".\n")
   for name, table in results.items():
     doc = " ".join((evaluation.get(name).__doc__ or "").strip().split("\n\n")[0].split())
     out += [f"## {name}\n", doc + "\n" if doc else "", *_table(table), ""]

@@ -18,10 +18,12 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from jaxprof import config as config_lib
+
 AggMode = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 KLKind = Literal["k1", "k2", "k3", "k3_inv"]
-KL_KINDS = ("k1", "k2", "k3", "k3_inv")
+KL_KINDS = config_lib.KL_ESTIMATORS
 RatioLevel = Literal["token", "sequence"]
 Metrics = dict[str, jax.Array]
 

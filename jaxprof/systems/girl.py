@@ -47,6 +47,29 @@ class System(base.System):
     data = self.config.data
     return job_market.build_market(data.seed, job_market.Sizes(**dict(data.sizes)))
 
+  def rl_rows(self, part):
+    """Training: the RL seekers' CVs. Held out: one row per distinct seeker of rec_test, then of
+    cold_start_test (seekers no generator stage saw), config.eval.num_examples of them: CVs, not
+    rows, are the unit the policies are compared on."""
+    if part == "train":
+      return super().rl_rows(part)
+    distinct = {}
+    for split in ("rec_test", "cold_start_test"):
+      for r in self.rows(split):
+        distinct.setdefault(r["seeker_id"], r)
+    return list(distinct.values())[:self.config.eval.num_examples]
+
+  def reward_rows(self, part):
+    """One row per distinct seeker of the reward-model split: the first fifth of them "eval", the
+    rest "train"."""
+    distinct = list({r["seeker_id"]: r for r in self.rows("reward_model")}.values())
+    n_eval = max(len(distinct) // 5, 1)
+    return distinct[:n_eval] if part == "eval" else distinct[n_eval:]
+
+  def label_texts(self, rows, texts):
+    """The recruiter oracle's match probability (as annotators, GIRL's recruiters label pairs)."""
+    return self.truth_rows(rows, texts)["truth/oracle_match"]
+
   def resources(self, inputs):
     rm_dir = inputs.get("reward_model", {}).get("reward_model_dir")
     if rm_dir is None:
@@ -92,15 +115,16 @@ def _matchers(data: dict[str, two_tower.MatchData], seed: int) -> dict[str, dict
 
 
 @evaluation.register("enhanced_rec")
-def enhanced_rec(ev: evaluation.Context, rows: int = 32, samples: tuple[int, ...] = (1, 2, 4)
-                 ) -> evaluation.Result:
+def enhanced_rec(ev: evaluation.Context, rows: int = 32, samples: tuple[int, ...] = (1, 2, 4),
+                 policies: tuple[str, ...] = ()) -> evaluation.Result:
   """Tables III/IV and Fig. 5: does the generated JD help a CV-JD matcher, and with how many?
 
   Embeds CVs and posting JDs of the rec splits (`rows` of each) with the frozen MiniLM; trains the
   two-tower matcher (MLP and dot) on [c; j] ("plain"); then for each policy generates max(samples)
   JDs once per distinct CV (temperature 1 when more than one), and for each N in `samples`
   mean-pools the first N JDs' embeddings and trains on [c; j; j'] (rows "<policy>/N<N>/<model>").
-  AUC and LogLoss come with bootstrap 95% intervals over the test rows.
+  AUC and LogLoss come with bootstrap 95% intervals over the test rows. `policies`: which of the
+  run's policies generate (default all).
   """
   system = ev.system
   samples = tuple(sorted({int(n) for n in ([samples] if isinstance(samples, int) else samples)}))
@@ -114,7 +138,10 @@ def enhanced_rec(ev: evaluation.Context, rows: int = 32, samples: tuple[int, ...
   # Rows repeat seekers: each distinct CV is generated for once per policy, for every N.
   distinct = {r["cv"]: r for rs in data_rows.values() for r in rs}
   where = {cv: i for i, cv in enumerate(distinct)}
-  for name in ev.policies:
+  for name in policies or ev.policies:
+    if name not in ev.policies:
+      raise ValueError(f"config.eval.evaluators.enhanced_rec.policies names {name!r}; this run "
+                       f"has {sorted(ev.policies)}")
     logging.info("enhanced rec: %d JDs for each of %d CVs with the %s policy", samples[-1],
                  len(distinct), name)
     jds = ev.generate(name, [system.prompt(r) for r in distinct.values()], samples=samples[-1])

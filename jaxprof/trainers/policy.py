@@ -60,7 +60,7 @@ def load(model_config, path: str | None = None, seed: int = 0
   """
   path = path or model_config.path
   if path == "tiny":
-    tok = Tokenizer.from_dir(hf.resolve_model_dir(hf.PACKAGED))
+    tok = load_tokenizer(path)
     t = model_config.tiny
     cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=t.hidden_size,
                       intermediate_size=2 * t.hidden_size, num_layers=t.num_layers,
@@ -71,6 +71,11 @@ def load(model_config, path: str | None = None, seed: int = 0
   directory = hf.resolve_model_dir(path)
   cfg, params = hf.load_hf(directory)
   return cfg, params, Tokenizer.from_dir(directory)
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+  """The tokenizer of the policy at `path` without its weights ("tiny" shares the packaged one)."""
+  return Tokenizer.from_dir(hf.resolve_model_dir(hf.PACKAGED if path == "tiny" else path))
 
 
 def init_trainable(spec: PolicySpec, params: dict, model_config, key: jax.Array

@@ -65,7 +65,7 @@ def critic_loss_fn(critic_cfg, config, remat, params, frozen, batch, rng):
   return loss * w, w, {f"critic/{k}": v for k, v in m.items()}
 
 
-ADVANTAGES = ("gae", "sequence")
+ADVANTAGES = config_lib.PPO_ADVANTAGES
 
 
 def targets(ppo_config, scores: np.ndarray, mask: np.ndarray, kl: jax.Array,

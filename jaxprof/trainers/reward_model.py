@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -17,14 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprof import buckets, parallel
+from jaxprof import buckets, parallel, stages
 from jaxprof.models import bert, heads, hf
 from jaxprof.models.encoder import TextEncoder
 from jaxprof.rewards import registry
 from jaxprof.rewards.base import to_rewards, valid_texts
 from jaxprof.rl import losses
 from jaxprof.tokenizer import Tokenizer
-from jaxprof.trainers import artifacts, common, embedding_rm, loop, policy
+from jaxprof.trainers import artifacts, common, embedding_rm, loop, policy, sampled_pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,18 +97,39 @@ def _pair_batch(scorer, tok, pairs, idx) -> dict:
 
 
 def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
-  """The reward_model stage: the system's pairs, backbone from the SFT export (or model.path)."""
-  system = ctx.system
-  if ctx.config.reward_model.backbone == embedding_rm.BACKBONE:
-    return embedding_rm.train(ctx.config, stage_dir, system.reward_pairs("train"),
-                              system.reward_pairs("eval"), ctx.mesh)
-  return train(ctx.config, stage_dir, system.reward_pairs("train"), system.reward_pairs("eval"),
-               policy.start_dir(ctx.config, inputs), ctx.mesh)
+  """The reward_model stage: the system's pairs (plus, with reward_model.sampled, pairs of the
+  start policy's own samples: `sampled_pairs`), backbone from the SFT export (or model.path).
+  Reports held-out pairwise accuracy on each kind of pair."""
+  system, config = ctx.system, ctx.config
+  start_dir = policy.start_dir(config, inputs)
+  sampled = _sampled_pairs(config, system, start_dir, stage_dir)
+  pairs = system.reward_pairs("train") + sampled["train"]
+  evals = {"": system.reward_pairs("eval"), "sampled": sampled["eval"]}
+  if config.reward_model.backbone == embedding_rm.BACKBONE:
+    out = embedding_rm.train(config, stage_dir, pairs, evals, ctx.mesh)
+  else:
+    out = train(config, stage_dir, pairs, evals, start_dir, ctx.mesh)
+  return {**out, **sampled_pairs.describe(sampled)}
+
+
+def _sampled_pairs(config, system, start_dir: str, stage_dir: pathlib.Path) -> dict:
+  """sampled_pairs.build, saved to stage_dir/sampled_pairs.json once (a resumed stage reads them
+  back instead of sampling again)."""
+  if not (config.reward_model.get("sampled") or {}).get("prompts"):
+    return {"train": [], "eval": []}
+  path = stage_dir / "sampled_pairs.json"
+  if path.exists():
+    return json.loads(path.read_text())
+  pairs = sampled_pairs.build(config, system, policy.start(config, start_dir))
+  if jax.process_index() == 0:
+    stages.atomic_write_json(path, pairs)
+  return pairs
 
 
 def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
-          eval_pairs: Sequence[Mapping[str, str]], policy_dir: str, mesh) -> dict:
-  """Trains a scalar-head model on (chosen, rejected) pairs; saves it to stage_dir/model."""
+          eval_pairs: Mapping[str, Sequence[Mapping[str, str]]], policy_dir: str, mesh) -> dict:
+  """Trains a scalar-head model on (chosen, rejected) pairs; saves it to stage_dir/model.
+  eval_pairs: name -> held-out pairs, each scored as `accuracy_key(name)`."""
   rm = config.reward_model
   cfg, backbone, tok = build_backbone(rm.backbone, policy_dir, config.model, config.seed)
   scorer = Scorer(cfg, rm.pooling, rm.max_prompt_len, rm.max_response_len, config.model.remat)
@@ -132,13 +154,21 @@ def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
 
   state, _ = loop.run(stage_dir, state, one_step, rm.optim.total_steps, config,
                       show=("rm/loss", "rm/accuracy"))
-  accuracy = pairwise_accuracy(scorer, state.params, tok, eval_pairs, rm.batch_size, mesh)
+  accuracy = {accuracy_key(name): pairwise_accuracy(scorer, state.params, tok, ps, rm.batch_size,
+                                                   mesh)
+              for name, ps in eval_pairs.items() if ps}
   card = {"backbone": rm.backbone, "policy_dir": policy_dir, "pooling": rm.pooling,
           "max_prompt_len": rm.max_prompt_len, "max_response_len": rm.max_response_len,
           "config": hf.config_to_hf(cfg) if not isinstance(cfg, bert.BertConfig) else "bert",
-          "eval_pairwise_accuracy": accuracy}
+          **accuracy}
   out = artifacts.save_pytree(stage_dir / "model", jax.device_get(state.params), card)
-  return {"reward_model_dir": str(out), "eval_pairwise_accuracy": accuracy}
+  return {"reward_model_dir": str(out), **accuracy}
+
+
+def accuracy_key(eval_set: str) -> str:
+  """"eval_pairwise_accuracy" for the system's own held-out pairs (eval set ""), else
+  "eval_pairwise_accuracy_<name>"."""
+  return "eval_pairwise_accuracy" + (f"_{eval_set}" if eval_set else "")
 
 
 def pairwise_accuracy(scorer, params, tok, pairs, batch_size, mesh) -> float | None:

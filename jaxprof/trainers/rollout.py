@@ -244,7 +244,7 @@ def minibatches(num_rows: int, num_minibatches: int, rng: np.random.Generator,
   return np.split(rows, num_minibatches)
 
 
-TRUNCATED_RULES = ("keep", "mask", "penalty")
+TRUNCATED_RULES = config_lib.TRUNCATED_RULES
 
 
 def apply_truncation_rule(rollout: Rollout, rewards: np.ndarray, valid: np.ndarray, rl_config
