@@ -47,6 +47,10 @@ class ConfigError(flags.Error, app.UsageError, ValueError):
   """
 
 
+class UnknownNameError(ConfigError, KeyError):
+  """The config names a registered thing (a reward, an evaluator, a resource) that is not there."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Keys.
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +327,11 @@ def _rl_combinations(config: Any) -> list[str]:
   ppo = config.get("ppo") or {}
   if ppo.get("advantage", "gae") not in PPO_ADVANTAGES:
     problems.append(f"ppo.advantage={ppo.get('advantage')!r}: expected one of {PPO_ADVANTAGES}")
+  backbone = (config.get("reward_model") or {}).get("backbone", "")
+  if ppo.get("critic_init") == "reward_model" and backbone in ("encoder", "embedding"):
+    problems.append(f"ppo.critic_init='reward_model' needs a causal-LM reward model, but "
+                    f"reward_model.backbone={backbone!r} scores whole texts; set "
+                    "--config.ppo.critic_init=policy:6 (the policy's first 6 layers)")
   if rl.get("kl_estimator", "k1") not in KL_ESTIMATORS:
     problems.append(f"rl.kl_estimator={rl.get('kl_estimator')!r}: expected one of "
                     f"{KL_ESTIMATORS}")
@@ -343,13 +352,18 @@ def to_json(config: Any) -> str:
   return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True) + "\n"
 
 
+# Keys whose change means another run, not a resumed one (`lock_and_save`).
+FOREIGN_KEYS = ("data.", "model.path")
+
+
 def lock_and_save(
     config: Any, workdir: str | os.PathLike | None, filename: str = "config.json"
 ) -> ml_collections.FrozenConfigDict:
   """Freezes `config` for the run and writes it to `workdir/filename` (process 0 only).
 
   If the workdir already holds a different config (a resumed run with changed flags), the
-  changed keys are logged as a warning and the file is replaced.
+  changed keys are logged as a warning and the file is replaced; a change of system, data or
+  model.path (another run's workdir: its completed stages would feed this one) is a ConfigError.
   """
   frozen = ml_collections.FrozenConfigDict(config)
   if workdir is None or jax.process_index() != 0:
@@ -362,6 +376,11 @@ def lock_and_save(
       old, new = dict(_leaves(ml_collections.ConfigDict(json.loads(old_text)))), dict(
           _leaves(ml_collections.ConfigDict(json.loads(text))))
       changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+      foreign = [k for k in changed if k == "system" or k.startswith(FOREIGN_KEYS)]
+      if foreign:
+        raise ConfigError(f"--workdir={workdir} holds a run of another config "
+                          f"({', '.join(foreign)} differ from {path}); pass a new --workdir, or "
+                          f"delete {path} to reuse the directory")
       logging.warning("Config differs from the one saved in %s; changed keys: %s",
                       path, ", ".join(changed))
   stages_lib.atomic_write_text(path, text)

@@ -8,16 +8,22 @@ checkpoint, so re-running the same command continues where it stopped.
 
 from __future__ import annotations
 
+import logging as std_logging
+import math
 import os
 import pathlib
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxprof import config as config_lib
-from jaxprof import parallel, stages, systems
+from jaxprof import evaluation, parallel, stages, systems
 from jaxprof.evaluation import stage as evaluation_stage
+from jaxprof.models import gguf, hf
+from jaxprof.rewards import registry
+from jaxprof.rewards.base import ColumnError
 from jaxprof.trainers import grpo, ppo, reward_model, sft
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "System config file (configs/*.py).",
@@ -39,12 +45,82 @@ def train_and_evaluate(config, workdir: str | os.PathLike, only: list[str] | Non
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   config_lib.lock_and_save(config, workdir)
-  mesh = parallel.make_mesh(**{k: config.mesh[k] for k in ("data", "fsdp", "tensor")})
+  try:
+    mesh = parallel.make_mesh(**{k: config.mesh[k] for k in ("data", "fsdp", "tensor")})
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.mesh: {e}; set --config.mesh.data, .fsdp and .tensor "
+                                 f"to fit the {jax.device_count()} devices") from None
   ctx = stages.Context(config, systems.get(config), mesh)
+  preflight(config)
+  check_batches(config, mesh)
   return stages.run_stages(ctx, workdir, STAGES, stages=only)
 
 
+def preflight(config) -> None:
+  """Every reward and evaluator the config names exists, checked before the first stage runs
+  (not when the RL or eval stage reaches it, after the stages before it have trained)."""
+  for log_name, term in (config.get("rewards") or {}).items():
+    if term.name not in registry.REWARDS:
+      raise config_lib.UnknownNameError(
+          f"config.rewards.{log_name}.name={term.name!r} is not a registered reward; registered: "
+          f"{sorted(registry.REWARDS)}")
+  for name in config.eval.evaluators:
+    evaluation.get(name)
+
+
+def check_batches(config, mesh) -> None:
+  """Every batch a stage shards splits evenly over the mesh's data-parallel devices (data x
+  fsdp), or the run stops here, naming each size and the flags to change."""
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  sizes = {}
+  for stage in ("sft", "reward_model"):
+    if stage in config.stages:
+      sizes[f"{stage}.batch_size / {stage}.optim.grad_accum"] = (
+          config[stage].batch_size // config[stage].optim.grad_accum)
+  if {"ppo", "grpo"} & set(config.stages):
+    prompts = config.rollout.prompts_per_step // config.rl.num_minibatches
+    sizes["rollout.prompts_per_step / rl.num_minibatches"] = prompts
+  bad = {k: v for k, v in sizes.items() if v % n}
+  if bad:
+    fits = math.gcd(n, *sizes.values())
+    raise config_lib.ConfigError(
+        ", ".join(f"{k} = {v}" for k, v in bad.items()) + f" does not split over the mesh's {n} "
+        f"data-parallel devices (mesh.data x mesh.fsdp); use multiples of {n}, or "
+        f"--config.mesh.data={fits} --config.mesh.fsdp=1")
+
+
+class QuietLibraries(std_logging.Filter):
+  """Drops the INFO chatter of orbax and tensorflow_datasets (checkpoint managers created,
+  temporary directories cleaned, dataset info loaded: hundreds of lines per run) and TFDS's
+  warnings about jaxprof's own builder configs, so the stage progress lines stay readable. Their
+  other warnings and errors pass; `--verbosity=1` shows everything."""
+
+  NOISY = ("/orbax/", "/tensorflow_datasets/")
+  EXPECTED = ("Using custom data configuration", "Variant folder")
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if logging.get_verbosity() >= 1 or not any(s in record.pathname for s in self.NOISY):
+      return True
+    if record.levelno <= std_logging.INFO:
+      return False
+    return not (record.levelno == std_logging.WARNING
+                and str(record.msg).startswith(self.EXPECTED))
+
+
+# Errors a user's input causes (a flag, a file, a directory): printed as one line, exit status 2.
+USER_ERRORS = (config_lib.ConfigError, stages.StageError, stages.NonFiniteError, ColumnError,
+               hf.CheckpointError, gguf.GGUFConversionError, FileNotFoundError, PermissionError,
+               NotADirectoryError, IsADirectoryError)
+
+
+def one_line(error: BaseException) -> str:
+  """`error`'s message on one line (multi-line messages joined by "; ")."""
+  text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)  # no quotes
+  return "; ".join(x.strip() for x in str(text).splitlines() if x.strip())
+
+
 def main(argv: list[str]) -> None:
+  logging.get_absl_logger().addFilter(QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _WORKDIR.value is None:
@@ -52,9 +128,15 @@ def main(argv: list[str]) -> None:
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   jax.config.update("jax_compilation_cache_dir",
                     os.environ.get("JAXPROF_JIT_CACHE", os.path.expanduser("~/.cache/jaxprof/jit")))
-  config = config_lib.validate(_CONFIG.value)
-  logging.info("config:\n%s", config)
-  outputs = train_and_evaluate(config, _WORKDIR.value, _STAGES.value)
+  try:
+    config = config_lib.validate(_CONFIG.value)
+    logging.info("config:\n%s", config)
+    outputs = train_and_evaluate(config, _WORKDIR.value, _STAGES.value)
+  except USER_ERRORS as e:
+    if logging.get_verbosity() >= 1:  # --verbosity=1: the traceback too
+      raise
+    sys.stderr.write(f"jaxprof.train: {type(e).__name__}: {one_line(e)}\n")
+    sys.exit(2)
   for name, out in outputs.items():
     logging.info("%s: %s", name, out)
 

@@ -69,3 +69,12 @@ def test_girl_held_out_cvs_are_distinct_and_new_to_every_generator_stage():
   assert len(ids) == len(set(ids)) == len(rows)
   trained = {r["seeker_id"] for s in ("sft", "reward_model", "rl") for r in system.rows(s)}
   assert not trained & set(ids)
+
+
+def test_report_tables_write_each_interval_in_its_metrics_cell():
+  from jaxprof.evaluation import stage
+
+  lines = stage._table({"a": {"m": 0.5, "m/ci_low": 0.4, "m/ci_high": 0.6, "n": 1.0},
+                        "b": {"m": float("nan")}})
+  assert lines == ["| | m | n |", "|---|---|---|", "| a | 0.500 [0.400, 0.600] | 1.000 |",
+                   "| b | nan |  |"]

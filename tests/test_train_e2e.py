@@ -132,7 +132,10 @@ def config_of(spec: str):
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_girl_tiny_end_to_end(tmp_path, algo):
   spec = f"configs/girl.py:tiny,algo={algo}"
-  train(spec, tmp_path)
+  first = train(spec, tmp_path)
+  # The console shows jaxprof's progress, not orbax's or TFDS's INFO chatter (issue 11).
+  assert "checkpoint_manager.py" not in first.stderr and "Stage 'sft': starting" in first.stderr
+  assert "Using custom data configuration" not in first.stderr
   for stage in ("sft", "reward_model"):
     assert_stage_outputs(tmp_path, stage, 3)
   assert_rl_outputs(tmp_path, algo, config_of(spec))

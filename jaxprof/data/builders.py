@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxprof import assets
+from jaxprof import config as config_lib
 from jaxprof.data import job_market, member_sources, movielens
 
 _TEXT = tfds.features.Text()
@@ -151,7 +152,8 @@ BUILDERS = {"movielens100k": Movielens100k, "job_market": JobMarket,
 def get_builder(name: str, *, seed: int = 0, data_dir: str | pathlib.Path | None = None,
                 **sizes) -> _Builder:
   if name not in BUILDERS:
-    raise ValueError(f"unknown data set {name!r}; expected one of {sorted(BUILDERS)}")
+    raise config_lib.ConfigError(f"config.data.name={name!r} is not a data set; expected one of "
+                                 f"{sorted(BUILDERS)}")
   return BUILDERS[name](seed=seed, data_dir=data_dir, **sizes)
 
 

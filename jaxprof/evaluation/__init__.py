@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from jaxprof import config as config_lib
 from jaxprof.trainers import policy, rollout
 
 Table = dict[str, dict[str, float]]  # row label -> metric -> value
@@ -165,6 +166,7 @@ def get(name: str) -> Evaluator:
   from jaxprof.evaluation import held_out  # noqa: F401  (registers the generic evaluators)
 
   if name not in EVALUATORS:
-    raise KeyError(f"config.eval.evaluators names {name!r}; registered evaluators: "
-                   f"{sorted(EVALUATORS)} (a system's own register when its module loads)")
+    raise config_lib.UnknownNameError(
+        f"config.eval.evaluators names {name!r}; registered evaluators: {sorted(EVALUATORS)} (a "
+        "system's own register when its module loads)")
   return EVALUATORS[name]

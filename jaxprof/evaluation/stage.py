@@ -59,18 +59,25 @@ def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
 
 
 def _table(table: evaluation.Table) -> list[str]:
-  """Markdown: one column per row label when there are fewer labels than metrics."""
+  """Markdown: one column per row label when there are fewer labels than metrics. A metric's 95%
+  interval (`<m>/ci_low`, `<m>/ci_high`) is written in its cell: "0.713 [0.619, 0.787]"."""
   labels = list(table)
-  metrics = sorted({m for row in table.values() for m in row})
-  fmt = lambda v: "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+  metrics = sorted({m for row in table.values() for m in row if "/ci_" not in m})
+
+  def fmt(row, m):
+    v = row.get(m)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+      return "nan" if m in row else ""
+    low, high = row.get(f"{m}/ci_low"), row.get(f"{m}/ci_high")
+    return f"{v:.3f} [{low:.3f}, {high:.3f}]" if low is not None and high is not None else (
+        f"{v:.3f}")
+
   if len(labels) < len(metrics):
     out = ["| metric | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    out += [f"| {m} | " + " | ".join(fmt(table[n].get(m)) for n in labels) + " |"
-            for m in metrics]
+    out += [f"| {m} | " + " | ".join(fmt(table[n], m) for n in labels) + " |" for m in metrics]
   else:
     out = ["| | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    out += [f"| {n} | " + " | ".join(fmt(table[n].get(m)) for m in metrics) + " |"
-            for n in labels]
+    out += [f"| {n} | " + " | ".join(fmt(table[n], m) for m in metrics) + " |" for n in labels]
   return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from jaxprof import config as config_lib
 from jaxprof.rewards import embedding, engagement, text
 from jaxprof.rewards.base import RewardFn, WeightedSum, weighted_sum
 
@@ -44,7 +45,8 @@ def _resolve(value: Any, resources: Mapping[str, Any], where: str) -> Any:
   if isinstance(value, str) and value.startswith("@"):
     key = value[1:]
     if key not in resources:
-      raise KeyError(f"{where}: resource {value!r} not provided (resources: {sorted(resources)})")
+      raise config_lib.UnknownNameError(
+          f"{where}: resource {value!r} not provided (resources: {sorted(resources)})")
     return resources[key]
   return value
 
@@ -52,7 +54,8 @@ def _resolve(value: Any, resources: Mapping[str, Any], where: str) -> Any:
 def make_reward(name: str, resources: Mapping[str, Any] | None = None, **kwargs) -> RewardFn:
   """The reward `name` built with kwargs ("@key" values looked up in `resources`)."""
   if name not in REWARDS:
-    raise KeyError(f"unknown reward {name!r}; registered rewards: {sorted(REWARDS)}")
+    raise config_lib.UnknownNameError(
+        f"unknown reward {name!r}; registered rewards: {sorted(REWARDS)}")
   resources = resources or {}
   kwargs = {k: _resolve(v, resources, f"reward {name!r} argument {k!r}")
             for k, v in kwargs.items()}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 
+from jaxprof import config as config_lib
 from jaxprof.systems.base import System
 
 SYSTEMS = ("girl", "langptune", "blue", "hifi")
@@ -25,7 +26,7 @@ def get(config) -> System:
   """The System of `config.system` (its module is imported on first use)."""
   name = config.get("system")
   if name not in SYSTEMS:
-    raise ValueError(f"config.system={name!r}; known systems: {', '.join(SYSTEMS)} "
+    raise config_lib.ConfigError(f"config.system={name!r}; known systems: {', '.join(SYSTEMS)} "
                      "(one module each in jaxprof/systems/)")
   return importlib.import_module(f"jaxprof.systems.{name}").System(config)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxprof import config as config_lib
 from jaxprof.data import loader
 from jaxprof.rewards import registry
 from jaxprof.rewards.base import WeightedSum
@@ -74,14 +75,14 @@ class System:
   def reward_rows(self, part: str) -> list[Row]:
     """Rows whose prompts the start policy samples for reward-model pairs
     (`reward_model.sampled`), part "train" or "eval" (disjoint prompts)."""
-    raise NotImplementedError(f"system {self.config.system!r} has no rows for sampled reward-model "
-                              "pairs; set --config.reward_model.sampled.prompts=0")
+    raise config_lib.ConfigError(f"system {self.config.system!r} has no rows for sampled "
+                                 "reward-model pairs; set --config.reward_model.sampled.prompts=0")
 
   def label_texts(self, rows: Sequence[Row], texts: Sequence[str]) -> np.ndarray:
     """[N] the annotator's score of each generated text for its row (higher is preferred): the
     labels of sampled reward-model pairs, the analogue of human preference labels."""
-    raise NotImplementedError(f"system {self.config.system!r} cannot label sampled reward-model "
-                              "pairs; set --config.reward_model.sampled.prompts=0")
+    raise config_lib.ConfigError(f"system {self.config.system!r} cannot label sampled "
+                                 "reward-model pairs; set --config.reward_model.sampled.prompts=0")
 
   def truth_rows(self, rows: Sequence[Row], texts: Sequence[str]) -> dict[str, np.ndarray]:
     """{"truth/<metric>": [N] float64, one value per row (nan where undefined)} of generated

@@ -109,10 +109,31 @@ def test_schedule_counts_rl_steps_not_optimizer_updates(kind):
     common.lr_schedule(optim, 0)
 
 
-def test_trainers_stretch_the_schedule_by_epochs_times_minibatches():
-  config = toy.config("ppo", steps=3)
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_trainers_stretch_the_schedule_by_epochs_times_minibatches(tmp_path, monkeypatch, algo):
+  """Each optimizer a trainer builds (PPO: policy and critic) counts epochs x minibatches
+  updates per RL step, and that many updates happen: the schedule ends at the last step."""
+  config = toy.config(algo, steps=2)
   config.rl.epochs, config.rl.num_minibatches = 3, 2
   assert rollout.updates_per_step(config.rl) == 6
+  asked, real = [], common.make_optimizer
+  monkeypatch.setattr(common, "make_optimizer",
+                      lambda optim, n=1: asked.append(n) or real(optim, n))  # a spy
+  spec, params, axes, mesh = toy.setup()
+  start = toy.start(spec, params, axes)
+  if algo == "ppo":
+    backbone, critic_cfg = heads.truncate_layers(params, toy.CFG, 1)
+    critic = ppo.Critic(critic_cfg, {"backbone": backbone,
+                                     "head": heads.init_head(jax.random.key(3), 32)})
+    state, _ = ppo.train(config, tmp_path, start, critic, toy.prompt_batch, mesh)
+    states = [state["policy"], state["critic"]]
+  else:
+    state, _ = grpo.train(config, tmp_path, start, toy.prompt_batch, mesh)
+    states = [state]
+  assert asked == [6] * len(states)
+  for s in states:
+    counts = {int(v) for _, v in optax.tree_utils.tree_get_all_with_path(s.opt_state, "count")}
+    assert counts == {12}, counts  # 2 steps x 6 updates (Adam's and the schedule's counters)
 
 
 # ------------------------------------------------------------------ None rewards, truncation
@@ -273,3 +294,13 @@ def test_optax_schedule_is_what_the_optimizer_uses():
   updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
   np.testing.assert_allclose(np.asarray(optax.apply_updates(params, updates)["w"]), -1e-2,
                              rtol=1e-3)
+
+
+def test_a_zero_scale_critic_head_starts_every_value_at_zero():
+  from configs import girl
+
+  config = girl.get_config("tiny")
+  config.ppo.critic_init, config.ppo.critic_head_scale = "policy:1", 0.0
+  assert not np.any(np.asarray(ppo.build_critic(config, {}, "tiny").params["head"]["kernel"]))
+  config.ppo.critic_head_scale = 1.0
+  assert np.any(np.asarray(ppo.build_critic(config, {}, "tiny").params["head"]["kernel"]))
