@@ -27,7 +27,7 @@ def get(config) -> System:
   name = config.get("system")
   if name not in SYSTEMS:
     raise config_lib.ConfigError(f"config.system={name!r}; known systems: {', '.join(SYSTEMS)} "
-                     "(one module each in jaxprof/systems/)")
+                                 "(one module each in jaxprof/systems/)")
   return importlib.import_module(f"jaxprof.systems.{name}").System(config)
 
 

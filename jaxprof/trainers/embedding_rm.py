@@ -59,8 +59,8 @@ def pair_loss(rm_config, params, frozen, batch, rng):
 def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
           eval_pairs: Mapping[str, Sequence[Mapping[str, str]]], mesh) -> dict:
   """Embeds the pairs once, trains the head (config.reward_model's optimizer, steps and batch
-  size), reports held-out pairwise accuracy on each named set of `eval_pairs` (keys as
-  `reward_model.accuracy_key` names them), and saves the head to stage_dir/model."""
+  size), reports held-out pairwise accuracy on each set of `eval_pairs` (output key -> pairs;
+  "<key>_init": the plain cosine it started from), and saves the head to stage_dir/model."""
   rm = config.reward_model
   encoder = TextEncoder.packaged_minilm()
 
@@ -89,10 +89,9 @@ def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
                       show=("rm/loss", "rm/accuracy"))
   head = jax.device_get(state.params["head"])
   accuracy = {}  # the trained head, and the plain cosine it started from ("..._init")
-  for name, ps in eval_pairs.items():
+  for key, ps in eval_pairs.items():
     if ps:
       c, r = feats(ps)
-      key = "eval_pairwise_accuracy" + (f"_{name}" if name else "")
       for suffix, h in (("", head), ("_init", jax.device_get(params["head"]))):
         accuracy[key + suffix] = float(np.mean(np.asarray(score(h, c)) > np.asarray(score(h, r))))
   card = {"backbone": BACKBONE, "encoder": "packaged_minilm", "train_pairs": len(pairs),

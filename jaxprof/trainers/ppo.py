@@ -233,4 +233,4 @@ def build_critic(config, inputs, policy_dir: str) -> Critic:
   cfg, backbone, _ = reward_model.build_backbone(init, policy_dir, config.model, config.seed)
   return Critic(cfg, {"backbone": backbone,
                       "head": heads.init_head(jax.random.key(config.seed + 3), cfg.hidden_size,
-                                              scale=config.ppo.get("critic_head_scale", 1.0))})
+                                              scale=config.ppo.critic_head_scale)})

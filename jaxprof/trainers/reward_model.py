@@ -104,7 +104,8 @@ def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
   start_dir = policy.start_dir(config, inputs)
   sampled = _sampled_pairs(config, system, start_dir, stage_dir)
   pairs = system.reward_pairs("train") + sampled["train"]
-  evals = {"": system.reward_pairs("eval"), "sampled": sampled["eval"]}
+  evals = {accuracy_key(""): system.reward_pairs("eval"),
+           accuracy_key("sampled"): sampled["eval"]}
   if config.reward_model.backbone == embedding_rm.BACKBONE:
     out = embedding_rm.train(config, stage_dir, pairs, evals, ctx.mesh)
   else:
@@ -129,7 +130,7 @@ def _sampled_pairs(config, system, start_dir: str, stage_dir: pathlib.Path) -> d
 def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
           eval_pairs: Mapping[str, Sequence[Mapping[str, str]]], policy_dir: str, mesh) -> dict:
   """Trains a scalar-head model on (chosen, rejected) pairs; saves it to stage_dir/model.
-  eval_pairs: name -> held-out pairs, each scored as `accuracy_key(name)`."""
+  eval_pairs: output key (`accuracy_key`) -> held-out pairs."""
   rm = config.reward_model
   cfg, backbone, tok = build_backbone(rm.backbone, policy_dir, config.model, config.seed)
   scorer = Scorer(cfg, rm.pooling, rm.max_prompt_len, rm.max_response_len, config.model.remat)
@@ -154,9 +155,8 @@ def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
 
   state, _ = loop.run(stage_dir, state, one_step, rm.optim.total_steps, config,
                       show=("rm/loss", "rm/accuracy"))
-  accuracy = {accuracy_key(name): pairwise_accuracy(scorer, state.params, tok, ps, rm.batch_size,
-                                                   mesh)
-              for name, ps in eval_pairs.items() if ps}
+  accuracy = {key: pairwise_accuracy(scorer, state.params, tok, ps, rm.batch_size, mesh)
+              for key, ps in eval_pairs.items() if ps}
   card = {"backbone": rm.backbone, "policy_dir": policy_dir, "pooling": rm.pooling,
           "max_prompt_len": rm.max_prompt_len, "max_response_len": rm.max_response_len,
           "config": hf.config_to_hf(cfg) if not isinstance(cfg, bert.BertConfig) else "bert",

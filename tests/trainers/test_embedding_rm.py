@@ -64,7 +64,8 @@ def test_learns_which_agreement_matters_and_scores_the_same_after_loading(tmp_pa
   config.checkpoint.every = 1000
   held = pairs(120, offset=400)
   cosine = accuracy(fake_encoder, {"kernel": np.ones(D), "bias": 0.0}, held)  # the start
-  out = embedding_rm.train(config, tmp_path, pairs(400), {"": held}, parallel.make_mesh(data=1))
+  out = embedding_rm.train(config, tmp_path, pairs(400), {"eval_pairwise_accuracy": held},
+                           parallel.make_mesh(data=1))
   assert out["eval_pairwise_accuracy_init"] == pytest.approx(cosine)
   print(f"held-out accuracy: cosine {cosine:.3f}, trained {out['eval_pairwise_accuracy']}")
   assert cosine < 0.8 and out["eval_pairwise_accuracy"] > cosine + 0.1, out

@@ -26,7 +26,8 @@ def test_learns_separable_pairs_and_scores_the_same_after_loading(tmp_path):
   rm = config.reward_model
   rm.optim.total_steps, rm.optim.lr, rm.optim.warmup, rm.batch_size = 40, 3e-3, 2, 8
   config.checkpoint.every = 100
-  out = reward_model.train(config, tmp_path, pairs(32), {"": pairs(16)[8:]}, "tiny",
+  out = reward_model.train(config, tmp_path, pairs(32),
+                           {"eval_pairwise_accuracy": pairs(16)[8:]}, "tiny",
                            parallel.make_mesh(data=1))
   assert out["eval_pairwise_accuracy"] > 0.9, out
   model = reward_model.RewardModel(out["reward_model_dir"], config.model, batch_size=8)
@@ -50,7 +51,8 @@ def test_preempted_stage_resumes_bit_equal(tmp_path, monkeypatch):
   config = girl.get_config("tiny")
   config.reward_model.optim.total_steps, config.checkpoint.every = 6, 2
   mesh = parallel.make_mesh(data=1)
-  train = lambda d: reward_model.train(config, d, pairs(16), {"": pairs(8)}, "tiny", mesh)
+  train = lambda d: reward_model.train(config, d, pairs(16),
+                                       {"eval_pairwise_accuracy": pairs(8)}, "tiny", mesh)
   clean = train(tmp_path / "clean")
   real, calls = reward_model._pair_batch, {"n": 0}
 
