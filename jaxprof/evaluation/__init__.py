@@ -82,12 +82,16 @@ class Context:
     len * samples rows, completions decoded)], in batches of config.eval.batch_size rows. The one
     generation path.
 
-    temperature: default config.eval.temperature for one sample, 1.0 for several. Prompts not
+    temperature: default config.eval.temperature; several samples of a prompt need one above 0,
+      so when that is 0 (greedy) they are drawn at config.rollout.temperature. Prompts not
     cached with `samples` completions yet are generated config.eval.batch_size rows per call
     (the last call padded: one compiled shape), with config.rollout's lengths.
     """
-    temperature = float(temperature if temperature is not None else (
-        self.config.eval.temperature if samples == 1 else 1.0))
+    if temperature is None:
+      temperature = self.config.eval.temperature
+      if samples > 1 and not temperature:
+        temperature = self.config.rollout.temperature
+    temperature = float(temperature)
     tok = self.tokenizer(name)
     formatted = [policy.format_prompt(tok, p) for p in prompts]
     cache = self._cache.setdefault((name, temperature), {})

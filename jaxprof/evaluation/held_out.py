@@ -19,11 +19,11 @@ from jaxprof.trainers import policy, rollout
 def held_out(ev: evaluation.Context, samples_shown: int = 8, tie_margin: float = 0.02,
              samples: int = 1) -> evaluation.Result:
   """`samples` completions per held-out prompt (config.eval.num_examples of them) per policy
-  (greedy at config.eval.temperature for one, temperature 1 for several), scored by every
-  configured reward term (what RL optimised) and by the system's truth (what it did not see; a
-  prompt's truth is the mean over its completions, with bootstrap 95% intervals over prompts), with
-  the mean completion length in tokens. Rows "rl vs X" compare the RL policy with policy X on the
-  same prompts: `diff/` is the paired-bootstrap mean difference of each truth metric, `win/`,
+  (at config.eval.temperature; several at config.rollout.temperature if that is 0), scored by
+  every configured reward term (what RL optimised) and by the system's truth (what it did not see;
+  a prompt's truth is the mean over its completions, with bootstrap 95% intervals over prompts),
+  with the mean completion length in tokens. Rows "rl vs X" compare the RL policy with policy X on
+  the same prompts: `diff/` is the paired-bootstrap mean difference of each truth metric, `win/`,
   `tie/`, `lose/` the share of prompts where RL's truth is higher by more than `tie_margin`,
   within it, or lower."""
   system = ev.system

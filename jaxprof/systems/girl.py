@@ -121,10 +121,10 @@ def enhanced_rec(ev: evaluation.Context, rows: int = 32, samples: tuple[int, ...
 
   Embeds CVs and posting JDs of the rec splits (`rows` of each) with the frozen MiniLM; trains the
   two-tower matcher (MLP and dot) on [c; j] ("plain"); then for each policy generates max(samples)
-  JDs once per distinct CV (temperature 1 when more than one), and for each N in `samples`
-  mean-pools the first N JDs' embeddings and trains on [c; j; j'] (rows "<policy>/N<N>/<model>").
-  AUC and LogLoss come with bootstrap 95% intervals over the test rows. `policies`: which of the
-  run's policies generate (default all).
+  JDs once per distinct CV (at the eval temperature, see `Context.rollouts`), and for each N in
+  `samples` mean-pools the first N JDs' embeddings and trains on [c; j; j'] (rows
+  "<policy>/N<N>/<model>"). AUC and LogLoss come with bootstrap 95% intervals over the test rows.
+  `policies`: which of the run's policies generate (default all).
   """
   system = ev.system
   samples = tuple(sorted({int(n) for n in ([samples] if isinstance(samples, int) else samples)}))

@@ -27,10 +27,11 @@ Pair = dict[str, object]
 
 def sample(start: policy.Start, prompts: Sequence, samples: int, rollout_config,
            rows_per_call: int, seed: int) -> list[list[str]]:
-  """[len(prompts)][samples] completion texts of chat `prompts` at temperature 1, `rows_per_call`
-  rows per sampler call (the last call padded, so one compiled shape)."""
+  """[len(prompts)][samples] completion texts of chat `prompts` at the rollouts' temperature (the
+  distribution RL will ask the reward model to rank), `rows_per_call` rows per sampler call (the
+  last call padded, so one compiled shape)."""
   ro = rollout_config.copy_and_resolve_references()
-  ro.group_size, ro.temperature = samples, 1.0
+  ro.group_size = samples
   per_call = max(1, rows_per_call // samples)
   out = []
   for i in range(0, len(prompts), per_call):
