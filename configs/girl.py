@@ -9,13 +9,13 @@ r"""GIRL: generative job recommendation (CV -> job description), SFT -> reward m
 Data: the job_market data set (real O*NET/ESCO text, hidden recruiter oracle). The reward model
 reads frozen MiniLM embeddings of the CV prompt and the JD (`reward_model.backbone="embedding"`,
 trained on 900 oracle-labelled reference pairs plus pairs of the SFT policy's own JDs ordered by
-the oracle, `reward_model.sampled`); a 6-layer SFT-policy backbone with a
-scalar head (`--config.reward_model.backbone=policy:6`, from which GIRL would also start the
-critic) stayed at chance at this machine's budget. PPO's critic is the first 6 layers of the SFT
-policy with a fresh head. The eval stage compares the base, SFT and PPO policies by reward-model
-score and by the oracle's true match probability, so reward hacking shows up as a reward gain
-without an oracle gain. Defaults are sized for a CPU run of the
-packaged SmolLM2-135M; scale steps and batch sizes up on accelerators.
+the oracle, `reward_model.sampled`); a 6-layer SFT-policy backbone with a scalar head
+(`--config.reward_model.backbone=policy:6`, from which GIRL would also start the critic) stayed
+at chance at this machine's budget. PPO's critic is the first 6 layers of the SFT policy with a
+fresh value head that starts at 0. The eval stage compares the base, SFT and PPO policies by
+reward-model score and by the oracle's true match probability, so reward hacking shows up as a
+reward gain without an oracle gain. Defaults are sized for a CPU run of the packaged
+SmolLM2-135M; scale steps and batch sizes up on accelerators.
 """
 
 import ml_collections
