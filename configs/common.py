@@ -299,3 +299,4 @@ def profile_rl(config: ml_collections.ConfigDict) -> None:
   """GRPO for history -> profile writing on CPU: 4 users x 4 profiles of up to 64 tokens."""
   rl_sections(config, "grpo", steps=20, lr=2e-6, kl_coef=0.04, prompts_per_step=4, group_size=4,
               max_new_tokens=64, max_prompt_len=512)
+  config.eval.probe_every = 5  # the truth on a fixed probe set over RL steps (report curves)

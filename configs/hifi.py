@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = common.model_config("packaged", lora_rank=arg.lora)
   common.rl_sections(config, "grpo", steps=20, lr=2e-6, kl_coef=0.04, prompts_per_step=4,
                      group_size=4, max_new_tokens=160, max_prompt_len=512)
+  config.eval.probe_every = 5  # the truth on a fixed probe set over RL steps (report curves)
   config.rewards = dict(
       engagement=common.reward(f"engagement_{arg.reward}", 1.0, model="@engagement_model"),
       length=common.reward("length_penalty", 0.2, target_tokens=150, scale=1.0),

@@ -46,7 +46,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, only: list[str] | Non
   workdir.mkdir(parents=True, exist_ok=True)
   config_lib.lock_and_save(config, workdir)
   try:
-    mesh = parallel.make_mesh(**{k: config.mesh[k] for k in ("data", "fsdp", "tensor")})
+    mesh = parallel.make_mesh(**mesh_shape(config, jax.device_count()))
   except ValueError as e:
     raise config_lib.ConfigError(f"config.mesh: {e}; set --config.mesh.data, .fsdp and .tensor "
                                  f"to fit the {jax.device_count()} devices") from None
@@ -68,10 +68,8 @@ def preflight(config) -> None:
     evaluation.get(name)
 
 
-def check_batches(config, mesh) -> None:
-  """Every batch a stage shards splits evenly over the mesh's data-parallel devices (data x
-  fsdp), or the run stops here, naming each size and the flags to change."""
-  n = mesh.shape["data"] * mesh.shape["fsdp"]
+def batch_sizes(config) -> dict[str, int]:
+  """{what a user sets: rows} of every batch a stage shards over the data-parallel devices."""
   sizes = {}
   for stage in ("sft", "reward_model"):
     if stage in config.stages:
@@ -80,6 +78,29 @@ def check_batches(config, mesh) -> None:
   if {"ppo", "grpo"} & set(config.stages):
     prompts = config.rollout.prompts_per_step // config.rl.num_minibatches
     sizes["rollout.prompts_per_step / rl.num_minibatches"] = prompts
+  return sizes
+
+
+def mesh_shape(config, devices: int) -> dict[str, int]:
+  """config.mesh's axis sizes. The default mesh (data=-1, fsdp=1, tensor=1: every device on the
+  batch) adapts when the batches do not split over all the devices: data becomes the largest
+  device count every batch splits over, tensor takes the rest (tensor parallelism needs no batch
+  rows), so the same command runs on 1, 2, 4 or 8 devices. A mesh set by hand is kept as set."""
+  shape = {k: int(config.mesh[k]) for k in ("data", "fsdp", "tensor")}
+  if shape != {"data": -1, "fsdp": 1, "tensor": 1}:
+    return shape
+  data = math.gcd(devices, *batch_sizes(config).values())
+  if data < devices:
+    logging.info("mesh: data=%d x tensor=%d on %d devices (batches %s do not split over %d)",
+                 data, devices // data, devices, batch_sizes(config), devices)
+  return {"data": data, "fsdp": 1, "tensor": devices // data}
+
+
+def check_batches(config, mesh) -> None:
+  """Every batch a stage shards splits evenly over the mesh's data-parallel devices (data x
+  fsdp), or the run stops here, naming each size and the flags to change."""
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  sizes = batch_sizes(config)
   bad = {k: v for k, v in sizes.items() if v % n}
   if bad:
     fits = math.gcd(n, *sizes.values())

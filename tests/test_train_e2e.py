@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import struct
 import subprocess
 import sys
@@ -19,9 +20,10 @@ from jaxprof.trainers import policy
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def train(config: str, workdir: pathlib.Path, *flags: str, check: bool = True):
+def train(config: str, workdir: pathlib.Path, *flags: str, check: bool = True, devices: int = 1):
   env = dict(os.environ, CI="true")
-  env["XLA_FLAGS"] = ""  # one CPU device, like a user's laptop
+  # One CPU device, like a user's laptop, or several simulated ones, like an 8-GPU node or a v4-8.
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
   proc = subprocess.run(
       [sys.executable, "-m", "jaxprof.train", f"--config={config}", f"--workdir={workdir}",
        *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -54,7 +56,9 @@ def assert_stage_outputs(workdir: pathlib.Path, stage: str, steps: int) -> list[
   lines = [json.loads(x) for x in (stage_dir / "metrics.jsonl").read_text().splitlines()]
   assert [x["step"] for x in lines] == list(range(1, steps + 1))
   tags = tb_tags(workdir / "tb" / stage)  # this stage's directory, not any stage's
-  logged = {k for k, v in lines[-1].items() if isinstance(v, float) and k != "time"}
+  # TensorBoard's tag rule: characters other than [\w./-] become "_" (ndcg@10 -> ndcg_10).
+  logged = {re.sub(r"[^\w./-]", "_", k) for k, v in lines[-1].items()
+            if isinstance(v, float) and k != "time"}
   assert tags and logged - tags == set(), (stage, sorted(logged - tags)[:5])
   assert (stage_dir / "checkpoints" / str(steps)).exists()
   return lines
@@ -124,15 +128,16 @@ def assert_eval_outputs(workdir: pathlib.Path, evaluators: set[str],
 
 
 def config_of(spec: str):
-  name, _, variant = spec.removeprefix("configs/").partition(".py:")
+  name, _, variant = spec.removeprefix("configs/").partition(".py")
+  variant = variant.removeprefix(":")
   return importlib.import_module(f"configs.{name}").get_config(variant)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["ppo", "grpo"])
-def test_girl_tiny_end_to_end(tmp_path, algo):
+@pytest.mark.parametrize("algo, devices", [("ppo", 8), ("grpo", 1)])
+def test_girl_tiny_end_to_end(tmp_path, algo, devices):
   spec = f"configs/girl.py:tiny,algo={algo}"
-  first = train(spec, tmp_path)
+  first = train(spec, tmp_path, devices=devices)
   # The console shows jaxprof's progress, not orbax's or TFDS's INFO chatter (issue 11).
   assert "checkpoint_manager.py" not in first.stderr and "Stage 'sft': starting" in first.stderr
   assert "Using custom data configuration" not in first.stderr
@@ -157,7 +162,7 @@ def test_girl_tiny_end_to_end(tmp_path, algo):
   assert {"plain/mlp", "plain/dot", "rl/N1/mlp", "start/N4/dot", "rl/N2/mlp"} <= set(
       results["enhanced_rec"])  # Tables III/IV, and Fig. 5's sweep over N
   # Re-running the same command skips every completed stage.
-  again = train(spec, tmp_path)
+  again = train(spec, tmp_path, devices=devices)
   assert again.stderr.count("already complete") == 4
 
 
@@ -166,13 +171,18 @@ def read_metrics(workdir: pathlib.Path, stage: str) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["langptune.py:tiny", "blue.py:tiny", "hifi.py:tiny",
-                                     "hifi.py:tiny,reward=listwise", "blue.py:tiny,lora=4"])
-def test_grpo_systems_tiny_end_to_end(tmp_path, variant):
+@pytest.mark.parametrize("variant, devices", [
+    ("langptune.py:tiny", 8), ("blue.py:tiny", 8), ("hifi.py:tiny", 8),
+    ("hifi.py:tiny,reward=listwise", 1), ("blue.py:tiny,lora=4", 1)])
+def test_grpo_systems_tiny_end_to_end(tmp_path, variant, devices):
+  """Each system's tiny run, on 8 simulated devices (the default mesh adapts to the batches)."""
   spec = f"configs/{variant}"
-  train(spec, tmp_path)
+  train(spec, tmp_path, devices=devices)
   assert_rl_outputs(tmp_path, "grpo", config_of(spec))
   assert_eval_outputs(tmp_path, {"held_out"})
+  # Every report has curves over steps, the truth on the probe set among them (issue 11).
+  assert any(k.startswith("probe/truth/") for k in read_metrics(tmp_path, "grpo")[-1])
+  (tmp_path / "eval" / "curves_grpo.png").stat()
 
 
 def test_mistyped_key_names_the_nearest(tmp_path):
@@ -184,3 +194,20 @@ def test_mistyped_key_names_the_nearest(tmp_path):
 def test_unknown_variant_is_an_error(tmp_path):
   proc = train("configs/girl.py:tinyy", tmp_path, check=False)
   assert proc.returncode != 0 and "tinyy" in proc.stderr
+
+
+@pytest.mark.parametrize("spec", ["girl.py:tiny", "langptune.py:tiny", "blue.py:tiny",
+                                  "hifi.py:tiny", "girl.py"])
+def test_default_mesh_fits_any_device_count(spec):
+  from jaxprof import train as train_lib
+
+  config = config_of(f"configs/{spec}")
+  sizes = train_lib.batch_sizes(config).values()
+  for devices in (1, 2, 4, 8):
+    shape = train_lib.mesh_shape(config, devices)
+    assert shape["data"] * shape["fsdp"] * shape["tensor"] == devices
+    assert all(s % (shape["data"] * shape["fsdp"]) == 0 for s in sizes), (devices, shape)
+    # As many devices on the batch as the batches allow.
+    assert shape["data"] == math.gcd(devices, *sizes)
+  config.mesh.data = 8  # a mesh set by hand is kept, and checked
+  assert train_lib.mesh_shape(config, 8) == {"data": 8, "fsdp": 1, "tensor": 1}

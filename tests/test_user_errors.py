@@ -85,7 +85,6 @@ CASES = [
 @pytest.mark.parametrize("name, breaks, names", CASES, ids=[c[0] for c in CASES])
 def test_each_bad_input_stops_with_one_line_naming_it(tmp_path, name, breaks, names):
   config = girl.get_config("tiny")
-  config.mesh.data = 1  # the tests' 8 simulated devices would not divide the tiny batches
   workdir = breaks(config, tmp_path)
   workdir = workdir if isinstance(workdir, pathlib.Path) else tmp_path / "run"
   before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -99,9 +98,11 @@ def test_each_bad_input_stops_with_one_line_naming_it(tmp_path, name, breaks, na
 
 @pytest.mark.parametrize("devices, flag, names", [
     (1, "--config.model.path={tmp}/nope", ["nope"]),
-    # A host with 8 devices (an 8-GPU node, a v4-8): the default mesh takes all of them, which
-    # the tiny batches do not divide. Stopped at start, not by JAX's IndivisibleError mid-stage.
-    (8, "--config.seed=0", ["sft.batch_size", "8 data-parallel devices", "--config.mesh.data=2"]),
+    # A host with 8 devices (an 8-GPU node, a v4-8) and a mesh set by hand that puts all of them
+    # on the batch, which the tiny batches do not divide (the default mesh adapts instead).
+    # Stopped at start, not by JAX's IndivisibleError mid-stage.
+    (8, "--config.mesh.data=8", ["sft.batch_size", "8 data-parallel devices",
+                                 "--config.mesh.data=2"]),
 ])
 def test_the_command_prints_one_line_and_exits_2(tmp_path, devices, flag, names):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")

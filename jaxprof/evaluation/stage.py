@@ -127,6 +127,7 @@ def plot(table: evaluation.Table, path: pathlib.Path, title: str) -> None:
                 ha="right")
   ax.legend()
   ax.set_title(title)
+  ax.set_ylabel("mean over held-out prompts\n(error bars: 95% bootstrap CI)", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -157,7 +158,8 @@ def plot_curves(metrics_path: pathlib.Path, out: pathlib.Path) -> pathlib.Path |
     ax.set_title(key, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(labelsize=7)
-  fig.suptitle(metrics_path.parent.name)
+  fig.suptitle(f"{metrics_path.parent.name}: logged per step"
+               + (" (probe/*: the truth on fixed held-out prompts)" if probes else ""))
   fig.tight_layout()
   path = out / f"curves_{metrics_path.parent.name}.png"
   fig.savefig(path, dpi=100)
