@@ -1,15 +1,18 @@
 r"""LangPTune (RLSO): a language profile of a user, rewarded by how well it ranks their next item.
 
   python -m jaxprof.train --config=configs/langptune.py --workdir=runs/langptune
-  python -m jaxprof.train --config=configs/langptune.py:metric=mrr --workdir=runs/lpt_mrr
-  python -m jaxprof.train --config=configs/langptune.py:tiny --workdir=/tmp/lpt_tiny  # MRR
+  python -m jaxprof.train --config=configs/langptune.py:metric=ndcg --workdir=runs/lpt_ndcg
+  python -m jaxprof.train --config=configs/langptune.py:tiny --workdir=/tmp/lpt_tiny
 
 Data: movielens100k, leave-last-out. The policy reads a user's history and writes a profile; the
 recommender embeds it with MiniLM and ranks the full catalogue by cosine with the user's history
-masked; the reward is NDCG@10 (or MRR) of the held-out validation item. The eval stage ranks the
-held-out *test* item (history + validation item masked) with profiles from the policy before and
-after RL. The public LangPTune code uses a sequence-level KL; here the KL is per token inside the
-GRPO loss (k3), which has the same fixed point.
+masked; the reward is the MRR of the held-out validation item (`:metric=ndcg` for the paper's
+NDCG@10, which stays an evaluation metric). Why MRR: the packaged start policy's 4 profiles for
+each of 32 users all got NDCG@10 = 0 (32 of 32 groups without spread, so no GRPO advantage at
+all; NDCG@100: 21 of 32), while MRR spread every group (`python -m bench.reward_signal`). The eval
+stage ranks the held-out *test* item (history + validation item masked) with profiles from the
+policy before and after RL. The public LangPTune code uses a sequence-level KL; here the KL is
+per token inside the GRPO loss (k3), which has the same fixed point.
 """
 
 import ml_collections
@@ -19,9 +22,9 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, tiny=False, seed=0, metric="", lora=0)
-  # NDCG@10 of one item among 1,682 is 0 for almost every profile of a random tiny model, so its
-  # updates would all be zero; MRR gives every group a spread.
-  metric = arg.metric or ("mrr" if arg.tiny else "ndcg")
+  # NDCG@10 of one item among 1,682 is 0 for almost every profile, so GRPO's updates would all be
+  # zero; MRR gives every group a spread (module docstring).
+  metric = arg.metric or "mrr"
   config = common.run_config("langptune", arg.seed)
   config.stages = ("grpo", "eval")
   config.data = common.movielens_data(arg.seed)

@@ -10,7 +10,7 @@ from jaxprof import systems
 VARIANTS = {
     "girl": ["", "tiny", "algo=grpo", "tiny,algo=grpo", "lora=4", "seed=3", "paper",
              "tiny,paper", "length=0"],
-    "langptune": ["", "tiny", "metric=mrr", "lora=4"],
+    "langptune": ["", "tiny", "metric=ndcg", "lora=4"],
     "blue": ["", "tiny", "lora=4"],
     "hifi": ["", "tiny", "reward=listwise", "tiny,reward=listwise"],
 }

@@ -2,9 +2,9 @@
 
 MovieLens-100K item history -> a language profile of the user's taste; a retrieval recommender
 (frozen MiniLM, cosine over the whole catalogue) ranks the held-out item against the profile, and
-that ranking is the RL reward (configs/langptune.py, GRPO). Truth: NDCG@10 and Recall@10 of the
-held-out items of held-out users. The paper's headline table (RL profile vs zero-shot profile vs
-SASRec vs popularity, Recall@10) is not built yet (issue: LangPTune and BLUE reproduced).
+that ranking is the RL reward (configs/langptune.py, GRPO). Truth: NDCG@10, Recall@10 and MRR of
+the held-out items of held-out users. The paper's headline table (RL profile vs zero-shot profile
+vs SASRec vs popularity, Recall@10) is not built yet (issue: LangPTune and BLUE reproduced).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class System(base.System):
     batch = texts_batch(texts, {k: [r[k] for r in rows]
                                 for k in ("history_items", "target_items")})
     out = {}
-    for metric, name in (("ndcg", "truth/ndcg@10"), ("recall", "truth/recall@10")):
+    for metric, name in (("ndcg", "truth/ndcg@10"), ("recall", "truth/recall@10"),
+                         ("mrr", "truth/mrr")):
       ranking = registry.make_reward("retrieval_ranking", encoder=self.encoder,
                                      item_texts=self.item_texts, metric=metric, k=10)
       out[name] = base.per_row(ranking(batch))

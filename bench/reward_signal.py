@@ -1,0 +1,67 @@
+r"""How much signal a ranking reward leaves GRPO: the share of groups whose rewards are all equal.
+
+  .venv/bin/python -m bench.reward_signal [--config=configs/langptune.py] [--users=32]
+
+The start policy (the config's model) writes `rollout.group_size` profiles for each of the first
+`--users` RL rows, sampled at the rollout temperature with the config's lengths, through the
+eval stage's one generation path. Each group is scored by the retrieval reward under several
+metrics (NDCG@10, the paper's; NDCG@100; MRR; Recall@10). A group whose rewards are all equal has
+zero GRPO advantage: it teaches nothing. Prints, per metric, the share of such groups, the mean
+reward and the mean within-group spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pathlib
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+from jaxprof import evaluation, systems  # noqa: E402
+from jaxprof.rewards import registry  # noqa: E402
+from jaxprof.rewards.base import texts_batch  # noqa: E402
+
+METRICS = (("ndcg", 10), ("ndcg", 100), ("mrr", 10), ("recall", 10))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--config", default="configs/langptune.py")
+  parser.add_argument("--users", type=int, default=32)
+  args = parser.parse_args()
+  name, _, variant = args.config.removeprefix("configs/").partition(".py")
+  config = importlib.import_module(f"configs.{name}").get_config(variant.removeprefix(":"))
+  system = systems.get(config)
+  rows = system.rl_rows("train")[:args.users]
+  g = int(config.rollout.group_size)
+  ctx = evaluation.Context(config, system, {"start": config.model.path}, {},
+                           pathlib.Path(tempfile.mkdtemp()))
+  t0 = time.time()
+  groups = ctx.generate("start", [system.prompt(r) for r in rows], samples=g,
+                        temperature=float(config.rollout.temperature))
+  print(f"{len(rows)} users x {g} profiles at temperature {config.rollout.temperature}: "
+        f"{time.time() - t0:.0f} s")
+  flat_rows = [r for r in rows for _ in range(g)]
+  batch = texts_batch([t for grp in groups for t in grp],
+                      {k: [r[k] for r in flat_rows] for k in ("history_items", "target_items")})
+  print("| metric | groups with all-equal rewards | mean reward | mean within-group std |")
+  print("|---|---|---|---|")
+  for metric, k in METRICS:
+    reward = registry.make_reward("retrieval_ranking", encoder=system.encoder,
+                                  item_texts=system.item_texts, metric=metric, k=k)
+    r = np.asarray([np.nan if x is None else x for x in reward(batch)], np.float64)
+    r = r.reshape(len(rows), g)
+    flat = np.isclose(r.max(1), r.min(1))
+    label = "MRR" if metric == "mrr" else f"{metric.upper()}@{k}"
+    print(f"| {label} | {flat.mean():.2f} ({flat.sum()}/{len(rows)}) | {np.nanmean(r):.4f} | "
+          f"{np.nanmean(r.std(1)):.4f} |")
+
+
+if __name__ == "__main__":
+  main()
