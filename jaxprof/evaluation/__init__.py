@@ -112,14 +112,10 @@ class Context:
 
   def _generate(self, name, chunk, per_call, samples, temperature, cache) -> None:
     spec, params, tok = self.load(name)
-    ro = self.config.rollout.copy_and_resolve_references()
-    ro.group_size, ro.temperature = samples, temperature
-    padded = chunk + [chunk[-1]] * (per_call - len(chunk))
-    ids, mask = policy.encode_prompts(tok, padded, ro.max_prompt_len)
     seed = self.config.seed + len(cache)  # a new key per call, the same on every run
-    batch = rollout.generate(spec, params, {}, ids, mask, jax.random.key(seed), ro, tok.eos_ids,
-                             tok.pad_id)
-    texts = tok.decode_batch(batch.comp_ids, batch.comp_mask)
+    batch, texts = rollout.generate_texts(spec, params, {}, tok, chunk, per_call, samples,
+                                          temperature, self.config.rollout,
+                                          jax.random.key(seed), tok.eos_ids)
     for i, p in enumerate(chunk):
       rows = range(i * samples, (i + 1) * samples)
       cache[p] = [_Sample(batch.comp_ids[r], batch.comp_mask[r], texts[r],

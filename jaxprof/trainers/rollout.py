@@ -84,6 +84,25 @@ def generate(spec: policy.PolicySpec, trainable: Any, frozen: Any, prompt_ids: n
                  truncated=~(np.isin(out.tokens, eos_ids) & out.mask).any(-1))
 
 
+def generate_texts(spec: policy.PolicySpec, trainable: Any, frozen: Any, tok, prompts: list[str],
+                   per_call: int, samples: int, temperature: float, rollout_config,
+                   key: jax.Array, eos_ids: tuple[int, ...]) -> tuple[Rollout, list[str]]:
+  """`samples` completions of each of (at most `per_call`) chat-formatted `prompts` at
+  `temperature`, with config.rollout's lengths: (Rollout, decoded texts), both with only the real
+  prompts' rows. The prompt list is padded with its last prompt to `per_call`, so every call of a
+  loop over chunks has one compiled shape."""
+  ro = rollout_config.copy_and_resolve_references()
+  ro.group_size, ro.temperature = samples, temperature
+  padded = prompts + [prompts[-1]] * (per_call - len(prompts))
+  ids, mask = policy.encode_prompts(tok, padded, ro.max_prompt_len)
+  batch = generate(spec, trainable, frozen, ids, mask, key, ro, eos_ids, tok.pad_id)
+  rows = len(prompts) * samples
+  batch = dataclasses.replace(batch, **{f.name: getattr(batch, f.name)[:rows]
+                                        for f in dataclasses.fields(batch)
+                                        if isinstance(getattr(batch, f.name), np.ndarray)})
+  return batch, tok.decode_batch(batch.comp_ids, batch.comp_mask)
+
+
 def text_reward_fn(reward, tokenizer, prompts: Sequence[str],
                    columns: Mapping[str, Sequence[Any]]) -> RewardFn:
   """Adapts a catalogue reward (RewardBatch -> values) to a RewardFn for one batch of prompts."""

@@ -30,18 +30,13 @@ def sample(start: policy.Start, prompts: Sequence, samples: int, rollout_config,
   """[len(prompts)][samples] completion texts of chat `prompts` at the rollouts' temperature (the
   distribution RL will ask the reward model to rank), `rows_per_call` rows per sampler call (the
   last call padded, so one compiled shape)."""
-  ro = rollout_config.copy_and_resolve_references()
-  ro.group_size = samples
   per_call = max(1, rows_per_call // samples)
   out = []
   for i in range(0, len(prompts), per_call):
     chunk = [policy.format_prompt(start.tok, p) for p in prompts[i:i + per_call]]
-    ids, mask = policy.encode_prompts(start.tok, chunk + [chunk[-1]] * (per_call - len(chunk)),
-                                      ro.max_prompt_len)
-    batch = rollout.generate(start.spec, start.trainable, start.frozen, ids, mask,
-                             jax.random.key(seed + i), ro, start.eos_ids, start.tok.pad_id)
-    texts = start.tok.decode_batch(batch.comp_ids[:len(chunk) * samples],
-                                   batch.comp_mask[:len(chunk) * samples])
+    _, texts = rollout.generate_texts(
+        start.spec, start.trainable, start.frozen, start.tok, chunk, per_call, samples,
+        rollout_config.temperature, rollout_config, jax.random.key(seed + i), start.eos_ids)
     out += [texts[j * samples:(j + 1) * samples] for j in range(len(chunk))]
     logging.info("sampled pairs: %d/%d prompts sampled", len(out), len(prompts))
   return out
