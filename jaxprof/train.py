@@ -89,10 +89,11 @@ def mesh_shape(config, devices: int) -> dict[str, int]:
   shape = {k: int(config.mesh[k]) for k in ("data", "fsdp", "tensor")}
   if shape != {"data": -1, "fsdp": 1, "tensor": 1}:
     return shape
-  data = math.gcd(devices, *batch_sizes(config).values())
+  sizes = batch_sizes(config)
+  data = math.gcd(devices, *sizes.values())
   if data < devices:
     logging.info("mesh: data=%d x tensor=%d on %d devices (batches %s do not split over %d)",
-                 data, devices // data, devices, batch_sizes(config), devices)
+                 data, devices // data, devices, sizes, devices)
   return {"data": data, "fsdp": 1, "tensor": devices // data}
 
 

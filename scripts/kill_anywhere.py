@@ -60,20 +60,20 @@ def stage_under_way(workdir: pathlib.Path) -> str:
 def reference_run(command: list[str], workdir: pathlib.Path) -> tuple[float, float, list]:
   """Runs `command` to completion, polling `workdir`: (total seconds, seconds until the first
   stage started, [(stage, seconds it ran)] in order)."""
-  start, first, seen = time.time(), None, {}
-  proc = subprocess.Popen(command, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  while proc.poll() is None:
-    for d in stage_dirs(workdir):
-      seen.setdefault(d.name, time.time() - start)
-    first = first if first is not None or not seen else min(seen.values())
-    time.sleep(0.01)
-  if proc.returncode != 0:
-    sys.exit(f"kill_anywhere: the reference run failed:\n{proc.stderr.read()[-2000:]}")
+  start, seen = time.time(), {}  # stage -> seconds until its directory appeared
+  with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a full pipe would stall it
+    proc = subprocess.Popen(command, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    while proc.poll() is None:
+      for d in stage_dirs(workdir):
+        seen.setdefault(d.name, time.time() - start)
+      time.sleep(0.01)
+    if proc.returncode != 0:
+      log.seek(0)
+      sys.exit(f"kill_anywhere: the reference run failed:\n{log.read()[-2000:]}")
   total = time.time() - start
   stages = [(d.name, json.loads((d / "DONE.json").read_text())["seconds"])
             for d in stage_dirs(workdir) if (d / "DONE.json").exists()]
-  return total, first or 0.0, stages
+  return total, min(seen.values(), default=0.0), stages
 
 
 def checkpoint_write_under_way(workdir: pathlib.Path, since: float) -> bool:
