@@ -197,6 +197,10 @@ def rl_config(algo: str = "grpo", steps: int = 100, lr: float = 1e-6, kl_coef: f
       # Completions cut off by rollout.max_new_tokens: "keep" (scored as finished texts), "mask"
       # (left out of the update, like a None reward) or "penalty" (truncation_penalty added).
       truncated="keep", truncation_penalty=-1.0,
+      # A supervised term in GRPO's loss: coef * the policy's mean token NLL of a target text per
+      # prompt (the `column` of the system's RL rows) given the prompt, its first max_len tokens
+      # (jaxprof/trainers/aux_nll.py). coef=0: off, and no cost.
+      aux_nll=dict(coef=0.0, column="", max_len=64),
       optim=optim_config(lr=lr, warmup=0, total_steps=steps, schedule="constant",
                          clip_norm=1.0)))
 
@@ -300,3 +304,9 @@ def profile_rl(config: ml_collections.ConfigDict) -> None:
   rl_sections(config, "grpo", steps=20, lr=2e-6, kl_coef=0.04, prompts_per_step=4, group_size=4,
               max_new_tokens=64, max_prompt_len=512)
   config.eval.probe_every = 5  # the truth on a fixed probe set over RL steps (report curves)
+  # Held out: the test item of 512 users (of 943), one greedy profile per user and policy, shared
+  # by both evaluators; `recommenders` adds the raw history, SASRec and popularity rows and a
+  # second, reward-free encoder (jaxprof/systems/langptune.py).
+  config.eval.num_examples = 512
+  config.eval.batch_size = 64  # 64 users per generate call: larger matmuls in the decode steps
+  config.eval.evaluators.recommenders = dict(sasrec_epochs=20)

@@ -35,4 +35,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                             item_texts="@item_texts", metric=metric, k=10))
   if arg.tiny:
     common.shrink_for_tests(config)
+    config.eval.evaluators.recommenders.sasrec_epochs = 1
   return config

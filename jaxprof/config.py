@@ -337,6 +337,22 @@ def _rl_combinations(config: Any) -> list[str]:
                     f"{KL_ESTIMATORS}")
   if "truncated" in rl and rl.truncated not in TRUNCATED_RULES:
     problems.append(f"rl.truncated={rl.truncated!r}: expected one of {TRUNCATED_RULES}")
+  return problems + _aux_nll(rl)
+
+
+def _aux_nll(rl: Any) -> list[str]:
+  """rl.aux_nll: a coefficient >= 0; when on, a target column and the GRPO loss."""
+  aux = rl.get("aux_nll") or {}
+  coef = aux.get("coef", 0.0)
+  if not _number(coef) or coef <= 0:
+    return [f"rl.aux_nll.coef={coef!r}: must be >= 0"] if _number(coef) and coef < 0 else []
+  problems = []
+  if not aux.get("column"):
+    problems.append(f"rl.aux_nll.coef={coef} needs rl.aux_nll.column: the field of the system's "
+                    "RL rows that holds each prompt's target text")
+  if rl.get("algo") != "grpo":
+    problems.append(f"rl.aux_nll.coef={coef} is implemented for GRPO only, not rl.algo="
+                    f"{rl.get('algo')!r}; set --config.rl.aux_nll.coef=0")
   return problems
 
 

@@ -2,10 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from configs import girl, hifi, langptune
 from jaxprof import systems
+from jaxprof.systems import langptune as langptune_system
 
 
 @pytest.mark.slow
@@ -37,3 +39,11 @@ def test_hifi_truth_is_finite_and_in_the_rewards_range():
   v = value["truth/engagement_pointwise"]
   assert math.isfinite(v) and -0.5 <= v <= 1.0
   assert math.isnan(system.truth(rows, [" "] * len(rows))["truth/engagement_pointwise"])
+
+
+def test_langptune_metrics_from_ranks():
+  out = langptune_system.ranking_metrics(np.array([1.0, 3.0, 10.0, 11.0, np.nan]))
+  np.testing.assert_allclose(out["recall@10"][:4], [1, 1, 1, 0])
+  np.testing.assert_allclose(out["ndcg@10"][:4], [1, 0.5, 1 / np.log2(11), 0])
+  np.testing.assert_allclose(out["mrr"][:4], [1, 1 / 3, 0.1, 1 / 11])
+  assert all(np.isnan(v[4]) for v in out.values())  # an empty text stays undefined

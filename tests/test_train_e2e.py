@@ -93,7 +93,9 @@ RANGES = [("truth/engagement_pointwise", -0.5, 1.0),  # utility-weighted: u in [
           ("truth/", 0.0, 1.0), ("length/", 1.0, math.inf), ("rec_test/auc", 0.0, 1.0),
           ("cold_start_test/auc", 0.0, 1.0), ("rec_test/logloss", 0.0, math.inf),
           ("rec_test/auc/", 0.0, 1.0), ("cold_start_test/auc/", 0.0, 1.0),
-          ("cold_start_test/logloss", 0.0, math.inf), ("reward/", -math.inf, math.inf)]
+          ("cold_start_test/logloss", 0.0, math.inf), ("reward/", -math.inf, math.inf),
+          ("diff/", -1.0, 1.0), ("gain/", -1.0, math.inf), ("ndcg@", 0.0, 1.0),
+          ("recall@", 0.0, 1.0), ("mrr", 0.0, 1.0)]
 
 
 def assert_eval_outputs(workdir: pathlib.Path, evaluators: set[str],
@@ -179,9 +181,17 @@ def test_grpo_systems_tiny_end_to_end(tmp_path, variant, devices):
   spec = f"configs/{variant}"
   train(spec, tmp_path, devices=devices)
   assert_rl_outputs(tmp_path, "grpo", config_of(spec))
-  assert_eval_outputs(tmp_path, {"held_out"})
+  if variant.startswith("hifi"):
+    assert_eval_outputs(tmp_path, {"held_out"})
+  else:  # LangPTune's table: profiles, baselines, the second encoder, RL vs the zero-shot profile
+    table = assert_eval_outputs(tmp_path, {"held_out", "recommenders"})["recommenders"]
+    assert {"start", "rl", "raw history", "SASRec", "popularity", "rl @paraphrase-L3",
+            "rl vs start", "rl vs start @paraphrase-L3"} <= set(table)
+    assert "diff/recall@10/ci_low" in table["rl vs start"]
   # Every report has curves over steps, the truth on the probe set among them (issue 11).
   assert any(k.startswith("probe/truth/") for k in read_metrics(tmp_path, "grpo")[-1])
+  if variant.startswith("blue"):  # the next-item NLL is in BLUE's loss (rl.aux_nll)
+    assert all(m["rl/aux_nll"] > 0 for m in read_metrics(tmp_path, "grpo"))
   (tmp_path / "eval" / "curves_grpo.png").stat()
 
 

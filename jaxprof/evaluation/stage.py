@@ -59,8 +59,12 @@ def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
 
 
 def _table(table: evaluation.Table) -> list[str]:
-  """Markdown: one column per row label when there are fewer labels than metrics. A metric's 95%
-  interval (`<m>/ci_low`, `<m>/ci_high`) is written in its cell: "0.713 [0.619, 0.787]"."""
+  """Markdown: the rows, then the comparison rows ("X vs Y") as a table of their own; one column
+  per row label when there are fewer labels than metrics. A metric's 95% interval
+  (`<m>/ci_low`, `<m>/ci_high`) is written in its cell: "0.713 [0.619, 0.787]"."""
+  pairs = {n: row for n, row in table.items() if " vs " in n}
+  if pairs and len(pairs) < len(table):
+    return [*_table({n: r for n, r in table.items() if n not in pairs}), "", *_table(pairs)]
   labels = list(table)
   metrics = sorted({m for row in table.values() for m in row if "/ci_" not in m})
 

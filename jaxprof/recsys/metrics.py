@@ -128,6 +128,35 @@ def paired_bootstrap_ci(
   return bootstrap_ci(a[both] - b[both], n_boot, alpha, seed)
 
 
+def paired_relative_gain_ci(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
+  """Percentile bootstrap of mean(a) / mean(b) - 1 over the rows where both are finite,
+  resampling rows in pairs (resamples with mean(b) = 0 are skipped).
+
+  Args:
+    a, b: [N] one value per row for two systems on the same rows (b the reference).
+  Returns:
+    (relative gain, low, high); nan when mean(b) is 0 on every draw.
+  """
+  a = np.asarray(a, dtype=np.float64).reshape(-1)
+  b = np.asarray(b, dtype=np.float64).reshape(-1)
+  if a.shape != b.shape:
+    raise ValueError(f"paired_relative_gain_ci: a {a.shape} and b {b.shape} differ in shape")
+  both = np.isfinite(a) & np.isfinite(b)
+  a, b = a[both], b[both]
+  if a.size == 0:
+    raise ValueError("paired_relative_gain_ci: no row where both values are finite")
+  idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
+  num, den = a[idx].mean(axis=1), b[idx].mean(axis=1)
+  draws = num[den > 0] / den[den > 0] - 1.0
+  gain = a.mean() / b.mean() - 1.0 if b.mean() > 0 else float("nan")
+  if draws.size == 0:
+    return float(gain), float("nan"), float("nan")
+  low, high = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
+  return float(gain), float(low), float(high)
+
+
 def win_tie_lose(a: np.ndarray, b: np.ndarray, margin: float) -> tuple[float, float, float]:
   """Fractions of the rows (both finite) where a beats b by more than `margin`, where they are
   within `margin` of each other (a tie), and where b beats a by more than `margin`."""

@@ -257,8 +257,9 @@ def _cosine_batch(params, cfg, ids, mask, target_emb):
 def next_item_target(item_text: str, template: str = "Next item: {item}") -> str:
   """The text the policy is taught to continue a profile with (a text-space next-item signal).
 
-  The trainer adds an auxiliary NLL of these tokens after the profile prompt; this function only
-  builds the target string (the template must contain "{item}").
+  A system puts it in a column of its RL rows and names that column in `rl.aux_nll.column`; GRPO
+  then adds the policy's token NLL of it after the profile prompt to its loss
+  (trainers/aux_nll.py). This function only builds the string (the template must contain "{item}").
   """
   if "{item}" not in template:
     raise ValueError(f"next_item_target: template {template!r} has no {{item}} field")

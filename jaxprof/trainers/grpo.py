@@ -4,6 +4,8 @@ One iteration: sample (prefill shared per group) -> rewards -> group advantages 
 log-probs (if beta > 0) -> `rl.epochs` passes of `num_minibatches` clipped-policy updates.
 With a single update per rollout the "old" log-probs are the current ones (ratio 1, gradient
 unchanged), so they are taken from the forward pass itself instead of being computed twice.
+With rl.aux_nll on, the loss also has a supervised NLL of each prompt's target text, computed in
+the same forward pass (`aux_nll`).
 """
 
 from __future__ import annotations
@@ -19,19 +21,25 @@ import numpy as np
 from jaxprof import buckets, parallel, perf
 from jaxprof.rl import advantages as adv_lib
 from jaxprof.rl import losses
-from jaxprof.trainers import common, loop, policy, rollout
+from jaxprof.trainers import aux_nll, common, loop, policy, rollout
 
 PromptBatchFn = rollout.PromptBatchFn
 
 
 def grpo_loss(spec: policy.PolicySpec, config, single_update: bool, trainable, frozen, batch,
               rng):
-  """Clipped policy loss + beta * KL(pi || ref) (estimator rl.kl_estimator), as a weighted sum."""
+  """Clipped policy loss + beta * KL(pi || ref) (estimator rl.kl_estimator) + rl.aux_nll.coef *
+  the target's token NLL (`aux_nll`, when on), as a weighted sum."""
   del rng
   rl, max_len = config.rl, config.rollout.max_new_tokens
   mask = batch["comp_mask"]
-  lp, ent = rollout.policy_logprobs(spec, rollout.prompt_group(config.rollout), trainable, frozen,
-                                    batch, rollout.logprob_temperature(config.rollout))
+  temperature = rollout.logprob_temperature(config.rollout)
+  if aux_nll.enabled(rl):
+    lp, ent, target_lp, target_mask = aux_nll.policy_logprobs(spec, config.rollout, trainable,
+                                                              frozen, batch, temperature)
+  else:
+    lp, ent = rollout.policy_logprobs(spec, rollout.prompt_group(config.rollout), trainable,
+                                      frozen, batch, temperature)
   old = jax.lax.stop_gradient(lp) if single_update else batch["old_logprobs"]
   loss, m = losses.policy_loss(
       lp, old, batch["advantages"], mask, eps_low=rl.eps_low, eps_high=rl.eps_high,
@@ -42,6 +50,9 @@ def grpo_loss(spec: policy.PolicySpec, config, single_update: bool, trainable, f
     kl = losses.kl_penalty(lp, batch["ref_logprobs"], mask, kind=rl.kl_estimator)
     loss = loss + rl.kl_coef * losses.aggregate(kl, mask, rl.agg_mode, max_len)
     m["kl"] = losses.masked_mean(kl, mask)
+  if aux_nll.enabled(rl):
+    m["aux_nll"] = aux_nll.mean_nll(target_lp, target_mask)
+    loss = loss + rl.aux_nll.coef * m["aux_nll"]
   w = rollout.agg_weight(mask, rl.agg_mode)
   return loss * w, w, {f"rl/{k}": v for k, v in m.items()}
 
@@ -71,11 +82,13 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
   def one_step(state, step):
     timer = perf.PhaseTimer()
     step_key = jax.random.fold_in(key, step)
-    ids, mask, reward_fn = prompt_batch(step)
+    ids, mask, reward_fn, *targets = prompt_batch(step)
+    aux = aux_nll.batch_rows(targets, rl, ro_cfg.group_size)  # {} with rl.aux_nll off
     with timer("rollout"):
       ro = rollout.generate(spec, state.params, frozen, ids, mask, step_key, ro_cfg, eos_ids,
                             pad_id)
-    shapes(prompt=ro.prompt_ids.shape[1], completion=ro.comp_ids.shape[1])
+    shapes(prompt=ro.prompt_ids.shape[1], completion=ro.comp_ids.shape[1],
+           **({"target": aux["aux_ids"].shape[1]} if aux else {}))
     with timer("reward"):
       rewards, valid, terms = reward_fn(ro)
     rewards, valid = rollout.apply_truncation_rule(ro, rewards, valid, rl)
@@ -84,7 +97,8 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
         std_ddof=grpo.std_ddof, eps=grpo.adv_eps, scale=grpo.adv_scale or None)
     batch = {"prompt_ids": ro.prompt_ids, "prompt_mask": ro.prompt_mask, "comp_ids": ro.comp_ids,
              "comp_mask": rollout.update_mask(ro, valid), "old_logprobs": ro.logprobs,
-             "advantages": np.asarray(advantages, np.float32)}
+             "advantages": np.asarray(advantages, np.float32),
+             **aux}
     if rl.kl_coef > 0:
       with timer("reference"):
         batch["ref_logprobs"] = parallel.to_host(ref_fn(ref_params,
@@ -99,9 +113,10 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
           finite = finite & m["rl/finite"]
       m = parallel.to_host(dict(m, **{"rl/finite": finite}))
     fwd = perf.forward_flops(spec.cfg, ro.prompt_mask, ro.comp_mask, ro.prompt_group)
+    update_fwd = fwd + aux_nll.extra_flops(spec.cfg, ro, batch)
     return state, {**m, **rollout.rollout_stats(ro, rewards, valid), **terms,
                    **timer.metrics(rollout=fwd, reference=fwd * (rl.kl_coef > 0),
-                                   update=3 * fwd * rl.epochs),
+                                   update=3 * update_fwd * rl.epochs),
                    "perf/shapes": shapes.count}
 
   return state, one_step

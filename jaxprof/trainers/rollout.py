@@ -20,7 +20,7 @@ from jaxprof import buckets, sampling
 from jaxprof import config as config_lib
 from jaxprof.rl import advantages as adv_lib
 from jaxprof.rl import losses
-from jaxprof.trainers import common, policy
+from jaxprof.trainers import aux_nll, common, policy
 
 
 @dataclasses.dataclass
@@ -130,8 +130,10 @@ def _mean_of_valid(values) -> float:
   return float(np.mean(kept)) if kept else float("nan")
 
 
-# prompt_batch(step) -> (prompt_ids [B, P], prompt_mask [B, P], reward_fn for those prompts)
-PromptBatchFn = Callable[[int], tuple[np.ndarray, np.ndarray, RewardFn]]
+# prompt_batch(step) -> (prompt_ids [B, P], prompt_mask [B, P], reward_fn for those prompts), and
+# with rl.aux_nll on a 4th item: the prompts' target texts, {"aux_ids", "aux_mask"} [B, L].
+PromptBatchFn = Callable[[int], tuple[np.ndarray, np.ndarray, RewardFn]
+                         | tuple[np.ndarray, np.ndarray, RewardFn, dict[str, np.ndarray]]]
 
 
 def check_config(config, stage: str) -> None:
@@ -141,6 +143,9 @@ def check_config(config, stage: str) -> None:
                                  f"{config.rl.algo!r}; set --config.rl.algo={stage} or list "
                                  f"stage {config.rl.algo!r}")
   ro = config.rollout
+  if aux_nll.enabled(config.rl) and stage != "grpo":
+    raise config_lib.ConfigError(f"rl.aux_nll.coef={config.rl.aux_nll.coef} is implemented for "
+                                 f"GRPO only; set --config.rl.aux_nll.coef=0 for {stage}")
   if ro.top_k > 0 or ro.top_p < 1.0:
     logging.warning("rollout.top_k=%d / top_p=%g truncate the sampling distribution; the ratio, "
                     "KL and entropy use the tempered full distribution (as TRL and verl do), so "
@@ -151,19 +156,25 @@ def prompt_batches(system, tok, reward, config) -> PromptBatchFn:
   """step -> a batch of the system's RL prompts and their reward, deterministic in the step.
 
   system: gives `rl_rows("train")`, `prompt(row)` and the reward `columns`; reward: a catalogue
-  reward (RewardBatch -> values), e.g. `system.reward(inputs)`.
+  reward (RewardBatch -> values), e.g. `system.reward(inputs)`. With rl.aux_nll on, each batch
+  also carries its prompts' target texts (rl.aux_nll.column of the rows), tokenised.
   """
-  ro = config.rollout
+  ro, aux = config.rollout, config.rl.get("aux_nll")
   rows = system.rl_rows("train")
   prompts = [policy.format_prompt(tok, system.prompt(r)) for r in rows]
   columns = {k: [r[k] for r in rows] for k in system.columns}
+  targets = (aux_nll.encode(tok, aux_nll.row_texts(rows, aux.column), aux.max_len)
+             if aux_nll.enabled(config.rl) else None)  # once: one target width for every batch
   batcher = common.Batcher(len(rows), ro.prompts_per_step, config.seed)
 
   def batch(step: int):
     idx = batcher.indices(step)
     ids, mask = policy.encode_prompts(tok, [prompts[i] for i in idx], ro.max_prompt_len)
     cols = {k: [v[i] for i in idx] for k, v in columns.items()}
-    return ids, mask, text_reward_fn(reward, tok, [prompts[i] for i in idx], cols)
+    out = ids, mask, text_reward_fn(reward, tok, [prompts[i] for i in idx], cols)
+    if targets is None:
+      return out
+    return *out, {k: v[idx] for k, v in targets.items()}
 
   return batch
 

@@ -33,3 +33,15 @@ def test_win_tie_lose_with_a_margin():
   assert metrics.win_tie_lose(a, b, margin=0.0) == (0.5, 0.0, 0.5)
   with pytest.raises(ValueError, match="no row"):
     metrics.win_tie_lose(np.array([np.nan]), np.array([1.0]), 0.0)
+
+
+def test_relative_gain_is_the_ratio_of_means_with_a_paired_interval():
+  a = np.array([0.0, 1.0, 1.0, 0.0, 1.0, np.nan])
+  b = np.array([0.0, 1.0, 0.0, 0.0, 1.0, 1.0])  # the last row is dropped: a is missing
+  gain, low, high = metrics.paired_relative_gain_ci(a, b, n_boot=500)
+  assert gain == pytest.approx(3 / 2 - 1) and low <= gain <= high
+  assert low >= 0.0  # a >= b on every row, so no resample shows a loss
+  same = metrics.paired_relative_gain_ci(b[:5], b[:5], n_boot=100)
+  assert same == (0.0, 0.0, 0.0)
+  undefined = metrics.paired_relative_gain_ci(np.ones(3), np.zeros(3), n_boot=50)
+  assert all(np.isnan(undefined))  # mean(b) = 0 on every draw: no ratio
