@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,8 @@ from absl import logging
 from tensorboardX import SummaryWriter
 
 from jaxprof.stages import atomic_write_text
+
+_TAG = re.compile(r"[^A-Za-z0-9_./-]")
 
 
 def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -151,8 +154,8 @@ class MetricWriter:
     if not self._active:
       return values
     now = time.time()
-    for name, value in values.items():
-      self._tb.add_scalar(name, value, global_step=step, walltime=now)
+    for name, value in values.items():  # TensorBoard tags allow [A-Za-z0-9_./-] ("ndcg@10")
+      self._tb.add_scalar(_TAG.sub("_", name), value, global_step=step, walltime=now)
     record = {"step": int(step), "time": round(now, 3)}
     record.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})
     self._jsonl.write(json.dumps(record) + "\n")

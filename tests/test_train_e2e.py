@@ -56,7 +56,7 @@ def assert_stage_outputs(workdir: pathlib.Path, stage: str, steps: int) -> list[
   lines = [json.loads(x) for x in (stage_dir / "metrics.jsonl").read_text().splitlines()]
   assert [x["step"] for x in lines] == list(range(1, steps + 1))
   tags = tb_tags(workdir / "tb" / stage)  # this stage's directory, not any stage's
-  # TensorBoard's tag rule: characters other than [\w./-] become "_" (ndcg@10 -> ndcg_10).
+  # Tags keep TensorBoard's characters [\w./-]; the writer maps others to "_" (ndcg@10 -> ndcg_10).
   logged = {re.sub(r"[^\w./-]", "_", k) for k, v in lines[-1].items()
             if isinstance(v, float) and k != "time"}
   assert tags and logged - tags == set(), (stage, sorted(logged - tags)[:5])
