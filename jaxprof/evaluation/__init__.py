@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -100,9 +101,15 @@ class Context:
     if missing:
       logging.info("eval: %s generates %d completion(s) for each of %d prompts", name, samples,
                    len(missing))
+    began = time.perf_counter()
     for start in range(0, len(missing), per_call):
       self._generate(name, missing[start:start + per_call], per_call, samples, temperature,
                      cache)
+      done = min(start + per_call, len(missing))
+      if done < len(missing):  # progress on long generations (~1 min per call on a CPU)
+        spent = time.perf_counter() - began
+        logging.info("eval: %s %d/%d prompts, %.0f s, about %.0f s left", name, done,
+                     len(missing), spent, spent / done * (len(missing) - done))
     out = []
     for start in range(0, len(formatted), per_call):
       chunk = formatted[start:start + per_call]
