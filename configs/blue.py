@@ -25,6 +25,10 @@ prompt, pulling the policy towards answering with an item line instead of a prof
 `next_item_supervision` reward that stood for it before is dropped from the default: the
 profile-to-next-item cosine is nearly collinear with the contrastive reward's positive term.
 
+In the default's 20-step run (results/blue) the term took over anyway: the RL policy answered
+with "Next item: ..." lines instead of profiles. Conditioning the target on the generated profile,
+or a smaller coef, is the next thing to try.
+
 The eval stage reports held-out NDCG@10 / Recall@10 on the test item.
 """
 
