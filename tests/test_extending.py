@@ -39,13 +39,14 @@ def lengths(ev: evaluation.Context, prompts: int = 2) -> evaluation.Result:
 def test_a_reward_and_an_evaluator_from_outside(tmp_path):
   config = langptune.get_config("tiny")
   config.rewards = dict(words=common.reward("test_word_count", 1.0, target=3))
+  configured = set(config.eval.evaluators)  # the system's own: held_out, recommenders
   config.eval.evaluators.test_lengths = dict(prompts=3)
   config.rl.total_steps = config.rl.optim.total_steps = 1
   config.mesh.data = 1  # the tests' 8 simulated devices would not divide the tiny batches
   out = train.train_and_evaluate(config, tmp_path)
   assert CALLS["reward"] > 0  # RL and the held-out evaluator both scored with it
   results = json.loads((tmp_path / "eval" / "results.json").read_text())
-  assert set(results) == {"held_out", "test_lengths"}
+  assert set(results) == {*configured, "test_lengths"} and "held_out" in configured
   assert results["test_lengths"]["rl"]["prompts"] == 3
   assert "reward/words" in results["held_out"]["rl"]
   assert out["eval"]["results"]["test_lengths"]["start"]["chars"] >= 0
