@@ -48,7 +48,7 @@ def held_out(ev: evaluation.Context, samples_shown: int = 8, tie_margin: float =
     truth[name] = {m: _row_means(x, samples) for m, x in per_row.items()}
     table[name] = {"reward/total": float(np.nanmean(totals)),
                    **{k: float(np.nanmean(v)) for k, v in terms.items()},
-                   **{k: v for m, x in truth[name].items() for k, v in _with_ci(m, x).items()},
+                   **{k: v for m, x in truth[name].items() for k, v in with_ci(m, x).items()},
                    "length/tokens_mean": float(np.mean(lengths))}
   if "rl" in truth:
     for other in (n for n in ev.policies if n != "rl"):
@@ -67,7 +67,7 @@ def _row_means(values: np.ndarray, samples: int) -> np.ndarray:
   return np.where(ok.any(1), sums / np.maximum(ok.sum(1), 1), np.nan)
 
 
-def _with_ci(metric: str, values: np.ndarray) -> dict[str, float]:
+def with_ci(metric: str, values: np.ndarray) -> dict[str, float]:
   """{metric: mean, metric/ci_low, metric/ci_high} over the rows where it is defined."""
   if not np.isfinite(values).any():
     return {metric: float("nan")}

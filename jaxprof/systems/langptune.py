@@ -25,6 +25,7 @@ from absl import logging
 
 from jaxprof import evaluation
 from jaxprof.data import movielens, templates
+from jaxprof.evaluation import held_out
 from jaxprof.models.encoder import TextEncoder
 from jaxprof.recsys import baselines, metrics, sasrec
 from jaxprof.rewards.base import valid_texts
@@ -74,8 +75,8 @@ class System(base.System):
     with the embedding of its text (`encoder`, default the reward's), the row's `history_items`
     masked; nan for an empty text."""
     encoder = encoder or self.encoder
-    _, ok = valid_texts(texts)
-    scores = encoder.embed(list(texts)) @ encoder.embed_catalog(self.item_texts).T
+    clean, ok = valid_texts(texts)  # an invalid text is embedded as " ", then set to nan
+    scores = encoder.embed(clean) @ encoder.embed_catalog(self.item_texts).T
     return np.where(ok, rank_rows(scores, rows), np.nan)
 
   def truth_rows(self, rows, texts):
@@ -94,8 +95,9 @@ def ranking_metrics(ranks: np.ndarray) -> dict[str, np.ndarray]:
   nan). One held-out item per row: NDCG@10 = 1 / log2(rank + 1) within the top 10."""
   ranks = np.asarray(ranks, np.float64)
   top = ranks <= K
-  return {f"ndcg@{K}": np.where(top, 1.0 / np.log2(ranks + 1.0), 0.0) + ranks * 0.0,
-          f"recall@{K}": top + ranks * 0.0, "mrr": 1.0 / ranks}
+  out = {f"ndcg@{K}": np.where(top, 1.0 / np.log2(ranks + 1.0), 0.0),
+         f"recall@{K}": top.astype(np.float64), "mrr": 1.0 / ranks}
+  return {m: np.where(np.isnan(ranks), np.nan, v) for m, v in out.items()}
 
 
 def _sasrec_ranks(rows: Sequence[base.Row], num_items: int, epochs: int, seed: int
@@ -155,21 +157,14 @@ def recommenders(ev: evaluation.Context, sasrec_epochs: int = 20, independent: b
     logging.info("recommenders: SASRec trained and scored in %.0f s", time.perf_counter() - start)
   if "popularity" in baseline_rows:
     per_row["popularity"] = ranking_metrics(_popularity_ranks(rows, system))
-  table = {label: _means(values) for label, values in per_row.items()}
+  table = {label: {k: v for m, x in values.items() for k, v in held_out.with_ci(m, x).items()}
+           for label, values in per_row.items()}
   if "rl" in ev.policies and "start" in ev.policies:
     for suffix in encoders:
       table["rl vs start" + suffix] = _compare(per_row["rl" + suffix], per_row["start" + suffix])
   shown = [{"history": _raw_history_text(system, r), "target": r["target_text"],
             **{n: texts[n][i] for n in ev.policies}} for i, r in enumerate(rows[:4])]
   return evaluation.Result(table, shown)
-
-
-def _means(values: dict[str, np.ndarray]) -> dict[str, float]:
-  out = {}
-  for m, x in values.items():
-    mean, low, high = metrics.bootstrap_ci(x)
-    out |= {m: mean, f"{m}/ci_low": low, f"{m}/ci_high": high}
-  return out
 
 
 def _compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, float]:
