@@ -89,17 +89,21 @@ class TextEncoder:
 
   def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Right-padded ids [B, T] int32 and mask [B, T] bool, T a bucketed length."""
-    for i, text in enumerate(texts):
-      if not isinstance(text, str):
-        raise TypeError(f"text {i} is {type(text).__name__}, expected str")
-    encodings = self._tokenizer.encode_batch(list(texts))
-    longest = max((len(e.ids) for e in encodings), default=1)
+    return self._pad(self._encode(self._check(texts)))
+
+  def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self._tokenizer.encode_batch(list(texts))]
+
+  def _pad(self, encodings: Sequence[list[int]], rows: int = 0
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """ids [max(rows, len), T] and mask, T the smallest bucket that holds the longest."""
+    longest = max((len(e) for e in encodings), default=1)
     t = next((b for b in _LENGTH_BUCKETS if b >= longest), self.max_length)
-    ids = np.zeros((len(texts), t), np.int32)
-    mask = np.zeros((len(texts), t), bool)
+    ids = np.zeros((max(rows, len(encodings)), t), np.int32)
+    mask = np.zeros(ids.shape, bool)
     for i, e in enumerate(encodings):
-      ids[i, :len(e.ids)] = e.ids
-      mask[i, :len(e.ids)] = True
+      ids[i, :len(e)] = e
+      mask[i, :len(e)] = True
     return ids, mask
 
   def embed_tokens(self, params: dict, ids: jax.Array, mask: jax.Array) -> jax.Array:
@@ -107,18 +111,31 @@ class TextEncoder:
     return bert.embed(params, self.cfg, ids, mask)
 
   def embed(self, texts: Sequence[str]) -> np.ndarray:
-    """L2-normalised embeddings [len(texts), D] float32."""
-    out = np.zeros((len(texts), self.dim), np.float32)
-    for start in range(0, len(texts), self.batch_size):
-      chunk = list(texts[start:start + self.batch_size])
-      ids, mask = self.tokenize(chunk)
-      pad = self.batch_size - len(chunk) if len(texts) > self.batch_size else 0
-      if pad:  # keep the batch dimension fixed: one compilation per length bucket
-        ids = np.pad(ids, ((0, pad), (0, 0)))
-        mask = np.pad(mask, ((0, pad), (0, 0)))
-      emb = self._embed(self.params, tokens=jnp.asarray(ids), mask=jnp.asarray(mask))
-      out[start:start + len(chunk)] = np.asarray(emb)[:len(chunk)]
-    return out
+    """L2-normalised embeddings [len(texts), D] float32.
+
+    Each distinct text is embedded once (evaluation embeds the same CV or prompt for every
+    sample and every row that repeats it), in batches of texts of similar length, so a batch
+    pads to the bucket its own longest text needs rather than the longest of all.
+    """
+    distinct = list(dict.fromkeys(self._check(texts)))
+    encodings = self._encode(distinct)
+    order = np.argsort([len(e) for e in encodings], kind="stable")
+    rows = self.batch_size if len(distinct) > self.batch_size else 0  # one batch shape
+    emb = np.zeros((len(distinct), self.dim), np.float32)
+    for start in range(0, len(distinct), self.batch_size):
+      chunk = order[start:start + self.batch_size]
+      ids, mask = self._pad([encodings[i] for i in chunk], rows)
+      out = self._embed(self.params, tokens=jnp.asarray(ids), mask=jnp.asarray(mask))
+      emb[chunk] = np.asarray(out)[:len(chunk)]
+    where = {text: i for i, text in enumerate(distinct)}
+    return emb[[where[t] for t in texts]].reshape(len(texts), self.dim)
+
+  @staticmethod
+  def _check(texts: Sequence[str]) -> Sequence[str]:
+    for i, text in enumerate(texts):
+      if not isinstance(text, str):
+        raise TypeError(f"text {i} is {type(text).__name__}, expected str")
+    return texts
 
   def embed_catalog(self, texts: Sequence[str]) -> np.ndarray:
     """`embed` for a fixed catalogue (items, postings), cached on disk across runs.

@@ -46,6 +46,21 @@ def test_batching_does_not_change_embeddings():
   np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_repeated_texts_are_embedded_once_and_returned_in_order():
+  encoder = TextEncoder.packaged_minilm(batch_size=2)
+  calls = []
+  embed = encoder._embed
+  encoder._embed = lambda params, tokens, mask: calls.append(tokens.shape) or embed(
+      params, tokens=tokens, mask=mask)
+  texts = [SENTENCES[i] for i in (5, 0, 3, 0, 5, 1, 3)]  # 4 distinct, lengths out of order
+  got = encoder.embed(texts)
+  assert len(calls) == 2  # 4 distinct texts in batches of 2, not 7 texts in 4 batches
+  assert calls[0][1] < calls[1][1]  # the short texts share a batch with a short bucket
+  alone = np.concatenate([encoder.embed([t]) for t in texts])
+  np.testing.assert_allclose(got, alone, atol=1e-5)
+
+
 def test_non_text_input_is_named():
   encoder = TextEncoder.__new__(TextEncoder)
   encoder._tokenizer = None
