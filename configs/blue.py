@@ -11,23 +11,23 @@ by (seed, prompt, next item): the G profiles of one prompt face the same negativ
 faces the same ones at every step. The reward is in [-inf, 0]; an uninformative profile earns
 log(1/32) = -3.47.
 
-Text-space next-item supervision (BLUE): a token NLL in the GRPO loss, not a reward. The policy's
-mean token NLL of "Next item: <title (year) - genres>" (`next_item_target` of the user's held-out
-training item, ~18 tokens; systems/blue.py) given the same chat prompt it writes the profile for
-is added as `loss += rl.aux_nll.coef * nll` (logged as rl/aux_nll), computed in the update's own
-forward pass (one extra continuation per prompt group: 6-10% more update time, one measurement).
-coef=0.1, measured on this config's first step (the same rollout with and without the term): the
-start policy's NLL is 2.8 nats per token, and the term moved the gradient norm from 2.72 to 3.04
-(0.1 x the NLL's gradient has norm ~1.4 if orthogonal to the reward's): a clear share of the
-(norm-clipped) update that leaves the reward's gradient the larger part; the NLL fell to 2.35 in
-3 steps. A weight near 1 would make the update mostly SFT on one-line item texts right after the
-prompt, pulling the policy towards answering with an item line instead of a profile. The cosine
+Text-space next-item supervision (BLUE): a token NLL in the GRPO loss, not a reward. After each
+sampled profile comes a new line and "Next item: <title (year) - genres>" (`next_item_target` of
+the user's held-out training item, ~18 tokens; systems/blue.py); the policy's mean token NLL of
+that line given the chat prompt and the profile is added as `loss += rl.aux_nll.coef * nll`
+(logged as rl/aux_nll), computed in the update's own forward pass (each completion row extended
+by its target, `rl.aux_nll.after="completion"`). The term teaches the policy to read the next
+item off its own profiles.
+
+Why after the profile: in the 20-step run at 9c24abd (results/blue) the target followed the
+prompt directly (`after="prompt"`), and the term took over: 11 of 12 RL samples answered the
+profile prompt with a "Next item: ..." line instead of a profile. After the profile, the target
+never stands where the profile should. coef=0.1 was measured with the target after the prompt on
+this config's first step (the same rollout with and without the term): the start policy's NLL
+is 2.8 nats per token and the term moved the gradient norm from 2.72 to 3.04, a clear share of
+the (norm-clipped) update that leaves the reward's gradient the larger part. The cosine
 `next_item_supervision` reward that stood for it before is dropped from the default: the
 profile-to-next-item cosine is nearly collinear with the contrastive reward's positive term.
-
-In the default's 20-step run (results/blue) the term took over anyway: the RL policy answered
-with "Next item: ..." lines instead of profiles. Conditioning the target on the generated profile,
-or a smaller coef, is the next thing to try.
 
 The eval stage reports held-out NDCG@10 / Recall@10 on the test item.
 """
@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = common.movielens_data(arg.seed)
   config.model = common.model_config("packaged", lora_rank=arg.lora)
   common.profile_rl(config)
-  config.rl.aux_nll.update(coef=0.1, column="next_item_text")
+  config.rl.aux_nll.update(coef=0.1, column="next_item_text", after="completion")
   config.rewards = dict(
       contrastive=common.reward("embedding_contrastive", 1.0, encoder="@encoder",
                                 item_texts="@item_texts", temperature=0.05, num_negatives=31,

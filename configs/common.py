@@ -198,9 +198,10 @@ def rl_config(algo: str = "grpo", steps: int = 100, lr: float = 1e-6, kl_coef: f
       # (left out of the update, like a None reward) or "penalty" (truncation_penalty added).
       truncated="keep", truncation_penalty=-1.0,
       # A supervised term in GRPO's loss: coef * the policy's mean token NLL of a target text per
-      # prompt (the `column` of the system's RL rows) given the prompt, its first max_len tokens
+      # prompt (the `column` of the system's RL rows), its first max_len tokens, given the prompt
+      # (after="prompt") or the prompt and each sampled completion (after="completion")
       # (jaxprof/trainers/aux_nll.py). coef=0: off, and no cost.
-      aux_nll=dict(coef=0.0, column="", max_len=64),
+      aux_nll=dict(coef=0.0, column="", max_len=64, after="prompt"),
       optim=optim_config(lr=lr, warmup=0, total_steps=steps, schedule="constant",
                          clip_norm=1.0)))
 

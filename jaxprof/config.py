@@ -347,6 +347,9 @@ def _aux_nll(rl: Any) -> list[str]:
   if not _number(coef) or coef <= 0:
     return [f"rl.aux_nll.coef={coef!r}: must be >= 0"] if _number(coef) and coef < 0 else []
   problems = []
+  if aux.get("after", "prompt") not in ("prompt", "completion"):
+    problems.append(f"rl.aux_nll.after={aux.get('after')!r}: the target follows the 'prompt' or "
+                    "each sampled 'completion'")
   if not aux.get("column"):
     problems.append(f"rl.aux_nll.coef={coef} needs rl.aux_nll.column: the field of the system's "
                     "RL rows that holds each prompt's target text")

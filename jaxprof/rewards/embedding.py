@@ -258,8 +258,9 @@ def next_item_target(item_text: str, template: str = "Next item: {item}") -> str
   """The text the policy is taught to continue a profile with (a text-space next-item signal).
 
   A system puts it in a column of its RL rows and names that column in `rl.aux_nll.column`; GRPO
-  then adds the policy's token NLL of it after the profile prompt to its loss
-  (trainers/aux_nll.py). This function only builds the string (the template must contain "{item}").
+  then adds the policy's token NLL of it (after the prompt, or after each sampled profile) to its
+  loss (trainers/aux_nll.py). This function only builds the string (the template must contain
+  "{item}").
   """
   if "{item}" not in template:
     raise ValueError(f"next_item_target: template {template!r} has no {{item}} field")

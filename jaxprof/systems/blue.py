@@ -4,7 +4,7 @@ The same MovieLens-100K users and held-out ranking truth as LangPTune (`langptun
 differs is the training signal (configs/blue.py): a frozen embedding model pulls the profile's
 embedding towards the user's positive (next) item and away from negatives, and the paper's
 text-space next-item supervision is a token NLL in the GRPO loss (`rl.aux_nll`) of the next
-item's text ("Next item: <title (year) - genres>") given the profile prompt. Its
+item's text ("Next item: <title (year) - genres>") on a new line after each sampled profile. Its
 trainable-embedder variant is not built yet (issue: LangPTune and BLUE reproduced).
 """
 
@@ -17,7 +17,8 @@ from jaxprof.systems import langptune
 class System(langptune.System):
   """LangPTune's rows, prompts and truth; BLUE's contrastive embedding reward is in the config.
 
-  RL training rows also carry `next_item_text`, the target of the next-item NLL: built from the
+  RL training rows also carry `next_item_text`, the target of the next-item NLL (a newline, then
+  "Next item: ...", as it follows the profile): built from the
   row's own held-out training item (the validation item), never from the test item, and not a
   reward column (`columns`), so no reward and no evaluation reads it.
   """
@@ -26,5 +27,5 @@ class System(langptune.System):
     rows = super().rl_rows(part)
     if part == "train":
       for r in rows:
-        r["next_item_text"] = next_item_target(r["target_text"])
+        r["next_item_text"] = "\n" + next_item_target(r["target_text"])
     return rows

@@ -83,10 +83,10 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
     timer = perf.PhaseTimer()
     step_key = jax.random.fold_in(key, step)
     ids, mask, reward_fn, *targets = prompt_batch(step)
-    aux = aux_nll.batch_rows(targets, rl, ro_cfg.group_size)  # {} with rl.aux_nll off
     with timer("rollout"):
       ro = rollout.generate(spec, state.params, frozen, ids, mask, step_key, ro_cfg, eos_ids,
                             pad_id)
+    aux = aux_nll.batch_rows(targets, rl, ro_cfg.group_size, ro.comp_mask)  # {} when off
     shapes(prompt=ro.prompt_ids.shape[1], completion=ro.comp_ids.shape[1],
            **({"target": aux["aux_ids"].shape[1]} if aux else {}))
     with timer("reward"):

@@ -1,8 +1,10 @@
 """rl.aux_nll: GRPO's loss + coef * the policy's token NLL of a per-prompt target text.
 
-The NLL rides in the policy's forward pass as one extra continuation per prompt group; here it is
-checked against a separate plain forward of prompt + target, its gradient against that of the
-hand-computed NLL, and the rest of the loss and of a GRPO step against the term switched off.
+The NLL rides in the policy's forward pass: after "prompt" as one extra continuation per prompt
+group, after "completion" as each completion row's own continuation. Here it is checked against
+a separate plain forward of prompt + target (or prompt + completion + target, row by row), its
+gradient against that of the hand-computed NLL, and the rest of the loss and of a GRPO step
+against the term switched off.
 """
 
 import jax
@@ -42,9 +44,29 @@ def hand_nll(params, batch: dict, g: int = G) -> jax.Array:
   return -jnp.sum(lp * t_mask) / jnp.sum(t_mask)
 
 
-def config(coef: float, share: bool = True):
+def after_completion(batch: dict) -> dict:
+  """`batch` (with targets) as the trainer stores it after "completion": each row's start."""
+  return dict(batch, aux_start=batch["comp_mask"].sum(-1).astype(np.int32))
+
+
+def hand_nll_after(params, batch: dict) -> jax.Array:
+  """Mean token NLL of each row's target after its prompt and its own completion: one plain
+  [P + n + L] forward per row, no padding."""
+  total, count = 0.0, 0
+  for r in range(batch["comp_ids"].shape[0]):
+    p = batch["prompt_ids"][r][batch["prompt_mask"][r]]
+    c = batch["comp_ids"][r][batch["comp_mask"][r]]
+    t = batch["aux_ids"][r][batch["aux_mask"][r]]
+    seq = np.concatenate([p, c, t])[None]
+    lp = causal_lm.sequence_logprobs(params, CFG, jnp.asarray(seq), jnp.ones(seq.shape, bool))
+    start = len(p) + len(c) - 1  # lp[:, i] is the log-prob of token i + 1
+    total, count = total + jnp.sum(lp[0, start:start + len(t)]), count + len(t)
+  return -total / count
+
+
+def config(coef: float, share: bool = True, after: str = "prompt"):
   c = rl_config(share)
-  c.rl.aux_nll.update(coef=coef, column="target")
+  c.rl.aux_nll.update(coef=coef, column="target", after=after)
   return c
 
 
@@ -71,6 +93,60 @@ def test_loss_is_the_loss_without_it_plus_coef_times_the_targets_nll(share):
   assert "rl/aux_nll" not in m_off
 
 
+@pytest.mark.parametrize("share", [True, False])
+def test_after_completion_the_nll_is_each_rows_target_after_its_own_completion(share):
+  params, batch = model_params(CFG), after_completion(with_targets(BATCH, lens=[30, 2, 9]))
+  coef = 0.3
+  on, m_on = jax.jit(lambda p, b: loss_of(config(coef, share, "completion"), p, b))(params, batch)
+  off, m_off = jax.jit(lambda p, b: loss_of(config(0.0, share), p, b))(params, batch)
+  nll = float(hand_nll_after(params, batch))
+  assert 1.0 < nll < 20.0
+  # Not the NLL after the prompt alone: the completion is in the context (the random model's
+  # NLLs differ by ~0.01, two hundred times the rtol below).
+  assert abs(nll - float(hand_nll(params, batch))) > 1e-3
+  np.testing.assert_allclose(float(m_on["rl/aux_nll"]), nll, rtol=1e-5)
+  np.testing.assert_allclose(float(on), float(off) + coef * nll, rtol=1e-5)
+  for k in ("rl/kl", "rl/entropy", "rl/clip_fraction"):
+    np.testing.assert_allclose(float(m_on[k]), float(m_off[k]), rtol=1e-5, atol=1e-7)
+
+
+def test_after_completion_its_gradient_is_coef_times_the_nlls():
+  params = model_params(CFG)
+  batch = after_completion(with_targets(dict(BATCH, advantages=np.zeros_like(
+      BATCH["advantages"]))))
+  c = config(0.5, after="completion")
+  c.rl.kl_coef = 0.0
+  g_on = jax.jit(jax.grad(lambda p: loss_of(c, p, batch)[0]))(params)
+  g_nll = jax.jit(jax.grad(lambda p: hand_nll_after(p, batch)))(params)
+  scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_nll))
+  for a, b in zip(jax.tree.leaves(g_on), jax.tree.leaves(g_nll), strict=True):
+    np.testing.assert_allclose(np.asarray(a), 0.5 * np.asarray(b), atol=1e-5 * 0.5 * scale)
+
+
+def test_targets_are_placed_right_after_each_completion():
+  comp = np.array([[5, 6, 7, 0], [8, 0, 0, 0], [1, 2, 3, 4]], np.int32)
+  target = np.array([[20, 21, 0], [22, 23, 24], [25, 0, 0]], np.int32)
+  start = np.array([3, 1, 4], np.int32)
+  ids, mask = aux_nll.after_completions(comp, target, target > 0, start)
+  assert ids.tolist() == [[5, 6, 7, 20, 21, 0, 0], [8, 22, 23, 24, 0, 0, 0],
+                          [1, 2, 3, 4, 25, 0, 0]]
+  assert mask.sum(-1).tolist() == [5, 4, 5] and mask.tolist() == (np.arange(7) < [[5], [4], [5]]
+                                                                   ).tolist()
+  rl = ml_collections.ConfigDict(dict(aux_nll=dict(coef=0.1, column="t", after="completion")))
+  rows = aux_nll.batch_rows(({"aux_ids": target[:1], "aux_mask": target[:1] > 0},), rl, 3,
+                            comp > 0)
+  assert rows["aux_start"].tolist() == [3, 1, 4]
+  ro = rollout.Rollout(prompt_ids=np.ones((3, 2), np.int32), prompt_mask=np.ones((3, 2), bool),
+                       comp_ids=comp, comp_mask=comp > 0, logprobs=np.zeros((3, 4), np.float32),
+                       row_prompt=np.zeros(3, int), prompt_group=3)
+  _, longer = aux_nll.after_completions(comp, rows["aux_ids"], rows["aux_mask"], rows["aux_start"])
+  assert longer.sum() == (comp > 0).sum() + 3 * 2  # every row gets the first prompt's 2 tokens
+  longer = perf.forward_flops(CFG, ro.prompt_mask, longer, 3)
+  assert aux_nll.extra_flops(CFG, ro, rows) == pytest.approx(
+      longer - perf.forward_flops(CFG, ro.prompt_mask, ro.comp_mask, 3))
+  assert aux_nll.extra_flops(CFG, ro, rows) > 0
+
+
 def test_completion_logprobs_of_the_joint_pass_are_the_plain_ones():
   params, batch = model_params(CFG), with_targets(BATCH, lens=[30, 2, 9])  # wider than N = 16
   spec = policy.PolicySpec(cfg=CFG, chunk_size=16)
@@ -81,6 +157,11 @@ def test_completion_logprobs_of_the_joint_pass_are_the_plain_ones():
   np.testing.assert_allclose(np.asarray(lp)[mask], np.asarray(lp0)[mask], rtol=1e-5)
   np.testing.assert_allclose(np.asarray(ent)[mask], np.asarray(ent0)[mask], rtol=1e-5)
   assert target_lp.shape == target_mask.shape == (3, batch["aux_ids"].shape[1])
+  # After "completion" too: every row's target follows its last token, causally invisible.
+  lp, ent, target_lp, _ = aux_nll.policy_logprobs(spec, ro, params, {}, after_completion(batch))
+  np.testing.assert_allclose(np.asarray(lp)[mask], np.asarray(lp0)[mask], rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(ent)[mask], np.asarray(ent0)[mask], rtol=1e-5)
+  assert target_lp.shape == (12, batch["aux_ids"].shape[1])
 
 
 def test_rows_that_are_not_whole_groups_each_carry_their_target():
@@ -207,13 +288,14 @@ def toy_target_batch(step):
   return ids, mask, reward, {"aux_ids": target, "aux_mask": target > 0}
 
 
-def test_a_grpo_step_with_the_term_changes_only_the_update():
+@pytest.mark.parametrize("after", ["prompt", "completion"])
+def test_a_grpo_step_with_the_term_changes_only_the_update(after):
   """Same rollout, rewards and statistics as with the term off; the NLL is logged and falls."""
   spec, params, axes, mesh = toy.setup()
   runs = {}
   for coef in (0.0, 1.0):
     c = toy.config("grpo", steps=6)
-    c.rl.aux_nll.update(coef=coef, column="target")
+    c.rl.aux_nll.update(coef=coef, column="target", after=after)
     state, one_step = grpo.build(c, toy.start(spec, params, axes), toy_target_batch, mesh)
     runs[coef] = []
     for step in range(6):
@@ -236,6 +318,7 @@ def test_a_grpo_step_with_the_term_changes_only_the_update():
 def test_blue_trains_with_the_next_item_nll_and_no_cosine_reward():
   c = blue.get_config()
   assert c.rl.aux_nll.coef == 0.1 and c.rl.aux_nll.column == "next_item_text"
+  assert c.rl.aux_nll.after == "completion"
   assert set(c.rewards) == {"contrastive"}
   config_lib.validate(c)
 
@@ -244,7 +327,7 @@ def test_blue_trains_with_the_next_item_nll_and_no_cosine_reward():
 def test_blue_training_rows_carry_the_next_item_text_and_nothing_else_does():
   system = systems.get(blue.get_config("tiny"))
   train, held_out = system.rl_rows("train"), system.rl_rows("eval")
-  assert all(r["next_item_text"] == f"Next item: {r['target_text']}" for r in train)
+  assert all(r["next_item_text"] == f"\nNext item: {r['target_text']}" for r in train)
   assert all(system.item_texts[r["target"]] == r["target_text"] for r in train[:50])
   assert not any("next_item_text" in r for r in held_out)  # the test item never becomes a target
   assert "next_item_text" not in system.columns  # no reward reads it
@@ -253,6 +336,7 @@ def test_blue_training_rows_carry_the_next_item_text_and_nothing_else_does():
 @pytest.mark.parametrize("change, words", [
     (lambda c: c.rl.aux_nll.update(column=""), ["rl.aux_nll.column"]),
     (lambda c: c.rl.aux_nll.update(coef=-0.1), ["rl.aux_nll.coef=-0.1", ">= 0"]),
+    (lambda c: c.rl.aux_nll.update(after="profile"), ["rl.aux_nll.after='profile'", "completion"]),
 ])
 def test_bad_settings_are_rejected_in_one_line(change, words):
   c = blue.get_config("tiny")
@@ -275,11 +359,14 @@ def test_ppo_with_the_term_is_rejected():
 def test_the_batch_carries_targets_per_row():
   targets = {"aux_ids": np.arange(6).reshape(2, 3), "aux_mask": np.ones((2, 3), bool)}
   rl = ml_collections.ConfigDict(dict(aux_nll=dict(coef=0.1, column="t", max_len=4)))
-  rows = aux_nll.batch_rows((targets,), rl, 3)
+  comp_mask = np.ones((6, 4), bool)
+  rows = aux_nll.batch_rows((targets,), rl, 3, comp_mask)
   np.testing.assert_array_equal(rows["aux_ids"], np.repeat(targets["aux_ids"], 3, 0))
-  assert aux_nll.batch_rows((), ml_collections.ConfigDict(dict(aux_nll=dict(coef=0.0))), 3) == {}
+  assert "aux_start" not in rows  # after "prompt", the default
+  off = ml_collections.ConfigDict(dict(aux_nll=dict(coef=0.0)))
+  assert aux_nll.batch_rows((), off, 3, comp_mask) == {}
   with pytest.raises(ValueError, match="no target texts"):
-    aux_nll.batch_rows((), rl, 3)
+    aux_nll.batch_rows((), rl, 3, comp_mask)
 
 
 def test_a_sharded_step_matches_one_device():
