@@ -50,7 +50,6 @@ if TYPE_CHECKING:  # for the annotation only: rollout imports this module (promp
 
 KEYS = ("aux_ids", "aux_mask")  # batch entries: [R, L] target ids / mask, per completion row
 START = "aux_start"  # after "completion": [R] int32, where each row's target starts
-AFTER = ("prompt", "completion")
 
 
 def enabled(rl_config) -> bool:
