@@ -224,9 +224,15 @@ def ppo_config(critic_init: str = "reward_model") -> ml_collections.ConfigDict:
 
 
 def grpo_config(advantage: str = "grpo") -> ml_collections.ConfigDict:
-  """GRPO's own fields: how rewards in a group become advantages."""
+  """GRPO's own fields: how rewards in a group become advantages.
+
+  prompt_weight: a column of the system's RL rows holding one weight per prompt (>= 0) that
+  multiplies its group's advantages after normalisation ("" = off). A per-prompt factor on the
+  rewards would cancel in the group's (r - mean) / std; on the advantages it sets how much each
+  prompt's group moves the policy (jaxprof/rl/advantages.py, `weight_groups`).
+  """
   return ml_collections.ConfigDict(dict(advantage=advantage, std_ddof=0, adv_eps=1e-6,
-                                        adv_scale=""))
+                                        adv_scale="", prompt_weight=""))
 
 
 def rl_sections(config: ml_collections.ConfigDict, algo: str, *, steps: int, lr: float,

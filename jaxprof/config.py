@@ -328,7 +328,8 @@ def _rl_combinations(config: Any) -> list[str]:
   if ppo.get("advantage", "gae") not in PPO_ADVANTAGES:
     problems.append(f"ppo.advantage={ppo.get('advantage')!r}: expected one of {PPO_ADVANTAGES}")
   backbone = (config.get("reward_model") or {}).get("backbone", "")
-  if ppo.get("critic_init") == "reward_model" and backbone in ("encoder", "embedding"):
+  whole_text = ("encoder", "embedding", "engagement")
+  if ppo.get("critic_init") == "reward_model" and backbone in whole_text:
     problems.append(f"ppo.critic_init='reward_model' needs a causal-LM reward model, but "
                     f"reward_model.backbone={backbone!r} scores whole texts; set "
                     "--config.ppo.critic_init=policy:6 (the policy's first 6 layers)")

@@ -12,7 +12,8 @@ VARIANTS = {
              "tiny,paper", "length=0"],
     "langptune": ["", "tiny", "metric=ndcg", "lora=4"],
     "blue": ["", "tiny", "lora=4"],
-    "hifi": ["", "tiny", "reward=listwise", "tiny,reward=listwise"],
+    "hifi": ["", "tiny", "reward=listwise", "tiny,reward=listwise", "length=none",
+             "length=format", "entropy=false"],
 }
 CASES = [(name, v) for name, variants in VARIANTS.items() for v in variants]
 
@@ -33,6 +34,19 @@ def test_config_builds_and_validates(name, variant):
     for term in config.rewards.values():
       if term.name == "length_penalty":
         assert term.kwargs.target_tokens < config.rollout.max_new_tokens, (name, variant)
+
+
+def test_hifi_variants_differ_in_their_rule_rewards_and_weighting():
+  rewards = {v: set(build("hifi", f"length={v}").rewards) for v in ("none", "format", "penalty")}
+  assert rewards == {"none": {"engagement"}, "format": {"engagement", "format"},
+                     "penalty": {"engagement", "format", "length"}}
+  config = build("hifi", "")
+  target = config.rewards.length.kwargs.target_tokens
+  assert config.rollout.max_new_tokens >= 2 * target  # room to drift above the target
+  assert config.grpo.prompt_weight == "entropy_weight"
+  assert build("hifi", "entropy=false").grpo.prompt_weight == ""
+  listwise = build("hifi", "reward=listwise").rewards.engagement.kwargs
+  assert listwise.entropy_weighting is False  # weighted on the advantages, where it survives
 
 
 @pytest.mark.parametrize("path,value,message", [

@@ -32,13 +32,36 @@ def test_langptune_ranking_truth_is_high_for_the_held_out_items_own_text():
 
 
 @pytest.mark.slow
-def test_hifi_truth_is_finite_and_in_the_rewards_range():
+def test_hifi_truth_ranks_postings_by_the_hidden_probabilities():
   system = systems.get(hifi.get_config("tiny"))
   rows = system.rl_rows("eval")
-  value = system.truth(rows, [f"{r['profile']}\n{r['professional']}" for r in rows])
-  v = value["truth/engagement_pointwise"]
-  assert math.isfinite(v) and -0.5 <= v <= 1.0
-  assert math.isnan(system.truth(rows, [" "] * len(rows))["truth/engagement_pointwise"])
+  gains = system.oracle_gains(rows)  # [N, every posting]
+  for r, g in zip(rows, gains, strict=True):  # the rows' held-out probabilities are the oracle's
+    np.testing.assert_allclose(g[r["future_posting_ids"]], r["future_probs"], rtol=1e-6)  # f32
+  perfect = system.ranking_truth(rows, gains)
+  np.testing.assert_allclose(perfect["future_ndcg"], 1.0)
+  np.testing.assert_allclose(perfect["retrieval_ndcg@10"], 1.0)
+  reverse = system.ranking_truth(rows, -gains)
+  assert (reverse["retrieval_ndcg@10"] < 0.9).all() and (reverse["future_ndcg"] < 1).all()
+  value = system.truth(rows, [system.sources_text(r) for r in rows])
+  assert all(0 < v <= 1 for v in value.values()), value
+  assert all(math.isnan(v) for v in system.truth(rows, [" "] * len(rows)).values())
+  assert all(0.1 <= r["entropy_weight"] <= 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_hifi_reward_model_learns_from_other_members_one_example_per_posting():
+  system = systems.get(hifi.get_config("tiny"))
+  train, held = system.reward_rows("train"), system.reward_rows("eval")
+  ids = lambda rows: {r["member_id"] for r in rows}
+  assert ids(train) and ids(held) and not ids(train) & ids(held)
+  assert not (ids(train) | ids(held)) & ids(system.rl_rows("eval"))  # test members unseen
+  ex = system.label_items(held[:2], ["summary a", "summary b"])
+  assert len(ex) == len(held[0]["future_jds"]) + len(held[1]["future_jds"])
+  assert (ex[0]["text"], ex[0]["item"], ex[0]["label"]) == (
+      "summary a", held[0]["future_jds"][0], held[0]["future_actions"][0])
+  assert system.label_items(held[:1], None)[0]["text"] == system.sources_text(held[0])
+  assert "skipped" not in system.sources_text(held[0])  # what the prompt shows
 
 
 def test_langptune_metrics_from_ranks():

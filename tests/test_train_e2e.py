@@ -88,8 +88,8 @@ def read_done(workdir: pathlib.Path, stage: str) -> dict:
 
 
 # (metric prefix, lowest, highest) every eval value must respect, first match; all finite.
-RANGES = [("truth/engagement_pointwise", -0.5, 1.0),  # utility-weighted: u in [-0.5, 1]
-          ("diff/truth/", -1.5, 1.5), ("win/", 0.0, 1.0), ("tie/", 0.0, 1.0), ("lose/", 0.0, 1.0),
+RANGES = [("diff/truth/", -1.5, 1.5), ("downstream/", 0.0, 1.0), ("text/", 0.0, 1.0),
+          ("win/", 0.0, 1.0), ("tie/", 0.0, 1.0), ("lose/", 0.0, 1.0),
           ("truth/", 0.0, 1.0), ("length/", 1.0, math.inf), ("rec_test/auc", 0.0, 1.0),
           ("cold_start_test/auc", 0.0, 1.0), ("rec_test/logloss", 0.0, math.inf),
           ("rec_test/auc/", 0.0, 1.0), ("cold_start_test/auc/", 0.0, 1.0),
@@ -181,8 +181,13 @@ def test_grpo_systems_tiny_end_to_end(tmp_path, variant, devices):
   spec = f"configs/{variant}"
   train(spec, tmp_path, devices=devices)
   assert_rl_outputs(tmp_path, "grpo", config_of(spec))
-  if variant.startswith("hifi"):
-    assert_eval_outputs(tmp_path, {"held_out"})
+  if variant.startswith("hifi"):  # the paper's comparison, the engagement model's accuracy
+    table = assert_eval_outputs(tmp_path, {"held_out", "member_engagement"})["member_engagement"]
+    assert {"raw sources", "start", "rl", "rl vs start", "rl vs raw sources"} == set(table)
+    assert {"downstream/retrieval_ndcg@10", "text/future_ndcg"} <= set(table["rl"])
+    done = read_done(tmp_path, "reward_model")
+    assert 0 <= done["eval_auc_raw"] <= 1 and 0 <= done["eval_accuracy_sampled"] <= 1
+    assert "held-out rows: accuracy_raw" in (tmp_path / "eval" / "report.md").read_text()
   else:  # LangPTune's table: profiles, baselines, the second encoder, RL vs the zero-shot profile
     table = assert_eval_outputs(tmp_path, {"held_out", "recommenders"})["recommenders"]
     assert {"start", "rl", "raw history", "SASRec", "popularity", "rl @paraphrase-L3",

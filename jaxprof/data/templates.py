@@ -112,11 +112,10 @@ def history_profile_prompt(item_texts: Sequence[str], user_text: str = "",
                "of this user's movie tastes that would help recommend the next movie.")
 
 
-def member_prompt(record: dict, include_skipped: bool = False) -> list[dict[str, str]]:
-  """Job-platform paper: one representation from a `member_sources` record.
-
-  Past engagements are listed oldest first; skipped postings are left out unless `include_skipped`.
-  """
+def member_sources_text(record: dict, include_skipped: bool = False) -> str:
+  """A `member_sources` record's sources as one text: profile, professional data, recent searches
+  and past job activity (oldest first; skipped postings left out unless `include_skipped`). What
+  the member prompt shows the policy, and the "raw sources" representation it is compared with."""
   def text(x):
     return x.decode() if isinstance(x, bytes) else str(x)
 
@@ -125,8 +124,18 @@ def member_prompt(record: dict, include_skipped: bool = False) -> list[dict[str,
   lines = [f"- {('applied to', 'clicked', 'skipped')[a]}: {t}"
            for a, t in zip(actions, titles, strict=True) if include_skipped or a != 2]
   queries = "\n".join(f"- {text(q)}" for q in record["queries"])
-  return _chat(
-      f"Profile:\n{text(record['profile'])}\n\nProfessional data:\n{text(record['professional'])}"
-      f"\n\nRecent searches:\n{queries}\n\nJob activity (oldest first):\n" + "\n".join(lines)
-      + "\n\nWrite a concise description of this member (role, seniority, skills, location, what "
-      "jobs they want) for matching them with new job postings.")
+  return (f"Profile:\n{text(record['profile'])}\n\nProfessional data:\n"
+          f"{text(record['professional'])}\n\nRecent searches:\n{queries}\n\n"
+          "Job activity (oldest first):\n" + "\n".join(lines))
+
+
+def member_prompt(record: dict, include_skipped: bool = False) -> list[dict[str, str]]:
+  """Job-platform paper: one representation from a `member_sources` record.
+
+  The sources (`member_sources_text`), then the request: the sections the format reward looks
+  for, and no length instruction (the length is left to the rewards, as in the paper's runs).
+  """
+  return _chat(member_sources_text(record, include_skipped)
+               + "\n\nDescribe this member for matching them with new job postings, in three "
+               "sections: Role: (title, seniority, location), Skills:, and Looking for: (the jobs "
+               "they want).")

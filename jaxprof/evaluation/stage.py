@@ -101,6 +101,12 @@ def report(config, results: Mapping[str, evaluation.Table], samples,
       out.append("The plain cosine the head started from: " + ", ".join(
           f"{rm[k]:.3f}" for k in ("eval_pairwise_accuracy_init",
                                    "eval_pairwise_accuracy_sampled_init") if k in rm) + ".\n")
+  held_out_scores = {k.removeprefix("eval_"): v for k, v in rm.items()
+                     if k.startswith(("eval_auc_", "eval_accuracy_"))}
+  if held_out_scores:  # a classifier reward model (e.g. backbone "engagement")
+    out.append(f"Reward model (`reward_model.backbone={config.reward_model.backbone}`), on "
+               "held-out rows: " + ", ".join(f"{k} {v:.3f}"
+                                             for k, v in sorted(held_out_scores.items())) + ".\n")
   for name, table in results.items():
     doc = " ".join((evaluation.get(name).__doc__ or "").strip().split("\n\n")[0].split())
     out += [f"## {name}\n", doc + "\n" if doc else "", *_table(table), ""]

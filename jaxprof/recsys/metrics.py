@@ -170,6 +170,29 @@ def win_tie_lose(a: np.ndarray, b: np.ndarray, margin: float) -> tuple[float, fl
   return win, 1.0 - win - lose, lose
 
 
+def graded_ndcg(scores: np.ndarray, gains: np.ndarray, k: int | None = None) -> np.ndarray:
+  """[U] NDCG@k of each row's items ranked by `scores`, with graded relevance `gains` (>= 0).
+
+  DCG@k = sum over the top k by score of gain / log2(position + 1); divided by the DCG@k of the
+  items sorted by gain. Ties in score are broken pessimistically (lower gain first), so a
+  constant scorer gets the worst ordering's value, not an average. nan for a row whose gains are
+  all 0. k=None ranks the whole row.
+
+  Args:
+    scores: [U, I] float; gains: [U, I] float >= 0 (e.g. a hidden engagement probability).
+  """
+  scores, gains = np.asarray(scores, np.float64), np.asarray(gains, np.float64)
+  if scores.shape != gains.shape or scores.ndim != 2:
+    raise ValueError(f"graded_ndcg: scores {scores.shape} and gains {gains.shape} must be the "
+                     "same [U, I] shape")
+  k = scores.shape[1] if k is None else min(k, scores.shape[1])
+  discount = 1.0 / np.log2(np.arange(2, k + 2))
+  order = np.lexsort((gains, -scores), axis=1)[:, :k]  # by score, then lower gain first
+  dcg = np.sum(np.take_along_axis(gains, order, axis=1) * discount, axis=1)
+  idcg = np.sum(-np.sort(-gains, axis=1)[:, :k] * discount, axis=1)
+  return np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), np.nan)
+
+
 # ------------------------------------------------------------------ ranking metrics (JAX)
 
 

@@ -68,6 +68,12 @@ def logits_fn(mlp: dict, member_emb: jax.Array, posting_emb: jax.Array) -> jax.A
   return h
 
 
+@jax.jit
+def p_engaged(mlp: dict, member_emb: jax.Array, posting_emb: jax.Array) -> jax.Array:
+  """P(engaged) = 1 - P(skip) [...] of member_emb [..., D] with posting_emb [..., D] (broadcast)."""
+  return 1.0 - jax.nn.softmax(logits_fn(mlp, member_emb, posting_emb))[..., SKIP]
+
+
 def _check_labels(labels: Sequence[int], n: int) -> np.ndarray:
   labels = np.asarray(labels)
   if labels.shape != (n,):
@@ -306,7 +312,8 @@ def engagement_listwise(model: EngagementModel, postings_column: str = "future_j
   * metric="ndcg": NDCG of the gains g in the order of decreasing z (0 if all were skipped).
   w = `engagement_entropy_weight` (floor + (1 - floor) * normalised label entropy) when
   `entropy_weighting`, else 1. Note: with per-group std-normalised advantages (GRPO) a per-member
-  constant w cancels; it matters for PPO and for mean-only baselines (Dr.GRPO, RLOO).
+  constant w cancels; it matters for PPO and for mean-only baselines (Dr.GRPO, RLOO). For GRPO
+  put the weight on the advantages instead (`grpo.prompt_weight`, a column of the RL rows).
   """
   if metric not in ("kl", "ndcg"):
     raise ValueError(f"engagement_listwise: metric {metric!r} not in ('kl', 'ndcg')")

@@ -178,6 +178,22 @@ def group_advantages(rewards: jax.Array, valid: jax.Array | None = None, *, grou
   return jax.lax.stop_gradient(jnp.where(usable, adv, 0.0).reshape(shape))
 
 
+def weight_groups(advantages: jax.Array | np.ndarray, weights: jax.Array | np.ndarray,
+                  group_size: int) -> jax.Array:
+  """A_i * w_g: each prompt's weight [B] on its group's G advantages [B * G] (groups contiguous).
+
+  Group normalisation removes any per-prompt constant from the rewards (c r has the same
+  (r - mean) / std as r); a weight applied here survives it, so prompts whose outcome says more
+  (e.g. a mixed engagement log) move the policy more. Weights must be finite and >= 0.
+  """
+  a = jnp.asarray(advantages, jnp.float32)
+  w = jnp.asarray(weights, jnp.float32)
+  if a.ndim != 1 or w.ndim != 1 or a.shape[0] != w.shape[0] * group_size:
+    raise ValueError(f"weight_groups: advantages {a.shape} and weights {w.shape} do not match "
+                     f"group_size={group_size} (expected [B * G] and [B])")
+  return jax.lax.stop_gradient(a * jnp.repeat(w, group_size))
+
+
 def whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True, eps: float = 1e-8) -> jax.Array:
   """Masked whitening of PPO advantages over all valid tokens of the batch.
 

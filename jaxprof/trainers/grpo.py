@@ -82,11 +82,11 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
   def one_step(state, step):
     timer = perf.PhaseTimer()
     step_key = jax.random.fold_in(key, step)
-    ids, mask, reward_fn, *targets = prompt_batch(step)
+    ids, mask, reward_fn, *per_prompt = prompt_batch(step)
     with timer("rollout"):
       ro = rollout.generate(spec, state.params, frozen, ids, mask, step_key, ro_cfg, eos_ids,
                             pad_id)
-    aux = aux_nll.batch_rows(targets, rl, ro_cfg.group_size, ro.comp_mask)  # {} when off
+    aux = aux_nll.batch_rows(per_prompt, rl, ro_cfg.group_size, ro.comp_mask)  # {} when off
     shapes(prompt=ro.prompt_ids.shape[1], completion=ro.comp_ids.shape[1],
            **({"target": aux["aux_ids"].shape[1]} if aux else {}))
     with timer("reward"):
@@ -95,6 +95,9 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
     advantages = adv_lib.group_advantages(
         rewards, valid, group_size=ro_cfg.group_size, method=grpo.advantage,
         std_ddof=grpo.std_ddof, eps=grpo.adv_eps, scale=grpo.adv_scale or None)
+    if grpo.get("prompt_weight"):
+      advantages = adv_lib.weight_groups(advantages, per_prompt[0][rollout.PROMPT_WEIGHT],
+                                         ro_cfg.group_size)
     batch = {"prompt_ids": ro.prompt_ids, "prompt_mask": ro.prompt_mask, "comp_ids": ro.comp_ids,
              "comp_mask": rollout.update_mask(ro, valid), "old_logprobs": ro.logprobs,
              "advantages": np.asarray(advantages, np.float32),

@@ -2,8 +2,9 @@
 
 Backbones: "policy:N" (the first N layers of the policy checkpoint, sharing its tokenizer, so a
 critic can later start from it), "encoder" (the packaged MiniLM, fine-tuned, scoring whole texts)
-or "embedding" (the frozen MiniLM's prompt and response embeddings and a trained head:
-`embedding_rm`). `load` reads any of them back.
+"embedding" (the frozen MiniLM's prompt and response embeddings and a trained head:
+`embedding_rm`) or "engagement" (a classifier of logged actions on items, not a pair scorer:
+`engagement_rm`). `load` reads any of them back.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from jaxprof.rewards import registry
 from jaxprof.rewards.base import to_rewards, valid_texts
 from jaxprof.rl import losses
 from jaxprof.tokenizer import Tokenizer
-from jaxprof.trainers import artifacts, common, embedding_rm, loop, policy, sampled_pairs
+from jaxprof.trainers import (
+    artifacts,
+    common,
+    embedding_rm,
+    engagement_rm,
+    loop,
+    policy,
+    sampled_pairs,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +75,8 @@ def build_backbone(backbone: str, policy_dir: str, model_config, seed: int):
     return enc.cfg, enc.params, enc
   kind, _, n = backbone.partition(":")
   if kind != "policy" or not n.isdigit():
-    raise ValueError(f"reward_model.backbone={backbone!r}; expected 'policy:N', 'encoder' or "
-                     f"'{embedding_rm.BACKBONE}'")
+    raise ValueError(f"reward_model.backbone={backbone!r}; expected 'policy:N', 'encoder', "
+                     f"'{embedding_rm.BACKBONE}' or '{engagement_rm.BACKBONE}'")
   cfg, params, tok = policy.load(model_config, policy_dir, seed=seed)
   params, cfg = heads.truncate_layers(params, cfg, int(n))
   return cfg, params, tok
@@ -102,6 +111,8 @@ def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
   Reports held-out pairwise accuracy on each kind of pair."""
   system, config = ctx.system, ctx.config
   start_dir = policy.start_dir(config, inputs)
+  if config.reward_model.backbone == engagement_rm.BACKBONE:  # labelled items, not pairs
+    return engagement_rm.run(config, system, start_dir, stage_dir)
   sampled = _sampled_pairs(config, system, start_dir, stage_dir)
   pairs = system.reward_pairs("train") + sampled["train"]
   evals = {accuracy_key(""): system.reward_pairs("eval"),
@@ -209,6 +220,8 @@ def load(directory: str | pathlib.Path, model_config, batch_size: int = 32):
   params, card = artifacts.load_pytree(directory)
   if card["backbone"] == embedding_rm.BACKBONE:
     return embedding_rm.EmbeddingRewardModel(params["head"])
+  if card["backbone"] == engagement_rm.BACKBONE:
+    return engagement_rm.load(directory)
   return RewardModel(directory, model_config, batch_size)
 
 

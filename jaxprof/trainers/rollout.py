@@ -130,8 +130,9 @@ def _mean_of_valid(values) -> float:
   return float(np.mean(kept)) if kept else float("nan")
 
 
-# prompt_batch(step) -> (prompt_ids [B, P], prompt_mask [B, P], reward_fn for those prompts), and
-# with rl.aux_nll on a 4th item: the prompts' target texts, {"aux_ids", "aux_mask"} [B, L].
+# prompt_batch(step) -> (prompt_ids [B, P], prompt_mask [B, P], reward_fn for those prompts), and,
+# with rl.aux_nll or grpo.prompt_weight on, a 4th item of per-prompt arrays: the target texts
+# {"aux_ids", "aux_mask"} [B, L], the weights {"prompt_weight"} [B].
 PromptBatchFn = Callable[[int], tuple[np.ndarray, np.ndarray, RewardFn]
                          | tuple[np.ndarray, np.ndarray, RewardFn, dict[str, np.ndarray]]]
 
@@ -163,8 +164,12 @@ def prompt_batches(system, tok, reward, config) -> PromptBatchFn:
   rows = system.rl_rows("train")
   prompts = [policy.format_prompt(tok, system.prompt(r)) for r in rows]
   columns = {k: [r[k] for r in rows] for k in system.columns}
-  targets = (aux_nll.encode(tok, aux_nll.row_texts(rows, aux.column), aux.max_len)
-             if aux_nll.enabled(config.rl) else None)  # once: one target width for every batch
+  per_prompt = {}  # [len(rows), ...] arrays a batch carries after its reward_fn
+  if aux_nll.enabled(config.rl):  # once: one target width for every batch
+    per_prompt |= aux_nll.encode(tok, aux_nll.row_texts(rows, aux.column), aux.max_len)
+  weight_column = (config.get("grpo") or {}).get("prompt_weight")
+  if weight_column:
+    per_prompt[PROMPT_WEIGHT] = prompt_weights(rows, weight_column)
   batcher = common.Batcher(len(rows), ro.prompts_per_step, config.seed)
 
   def batch(step: int):
@@ -172,11 +177,30 @@ def prompt_batches(system, tok, reward, config) -> PromptBatchFn:
     ids, mask = policy.encode_prompts(tok, [prompts[i] for i in idx], ro.max_prompt_len)
     cols = {k: [v[i] for i in idx] for k, v in columns.items()}
     out = ids, mask, text_reward_fn(reward, tok, [prompts[i] for i in idx], cols)
-    if targets is None:
+    if not per_prompt:
       return out
-    return *out, {k: v[idx] for k, v in targets.items()}
+    return *out, {k: v[idx] for k, v in per_prompt.items()}
 
   return batch
+
+
+PROMPT_WEIGHT = "prompt_weight"
+
+
+def prompt_weights(rows: Sequence[Mapping[str, Any]], column: str) -> np.ndarray:
+  """[len(rows)] float32 weights from `column` of the RL rows (grpo.prompt_weight); a missing,
+  negative or non-finite value is an error naming the row."""
+  out = np.zeros(len(rows), np.float32)
+  for i, r in enumerate(rows):
+    if column not in r:
+      raise config_lib.ConfigError(f"grpo.prompt_weight={column!r}: RL row {i} has no such "
+                                   f"column (it has {sorted(r)})")
+    w = float(r[column])
+    if not np.isfinite(w) or w < 0:
+      raise ValueError(f"grpo.prompt_weight: RL row {i} has {column}={r[column]!r}; weights "
+                       "must be finite and >= 0")
+    out[i] = w
+  return out
 
 
 def truth_probe(system, start: policy.Start, config) -> Callable[[Any, Any], dict] | None:

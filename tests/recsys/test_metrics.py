@@ -202,3 +202,16 @@ def test_log_loss_of_float32_probs_is_computed_in_float64():
   p = probs.astype(np.float64)
   want = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
   assert metrics.log_loss(labels, probs) == pytest.approx(want, rel=1e-12)
+
+
+def test_graded_ndcg_matches_sklearn_and_breaks_ties_pessimistically():
+  rng = np.random.default_rng(3)
+  scores, gains = rng.normal(size=(6, 40)), rng.random((6, 40))
+  for k in (None, 10, 3):
+    want = [ndcg_score(g[None], s[None], k=k) for s, g in zip(scores, gains, strict=True)]
+    np.testing.assert_allclose(metrics.graded_ndcg(scores, gains, k), want, rtol=1e-9)
+  flat = metrics.graded_ndcg(np.zeros((1, 3)), np.array([[0.0, 1.0, 0.5]]))  # worst order
+  np.testing.assert_allclose(flat, (0.0 + 0.5 / np.log2(3) + 1.0 / 2) / (1.0 + 0.5 / np.log2(3)))
+  assert np.isnan(metrics.graded_ndcg(np.ones((1, 3)), np.zeros((1, 3)))[0])
+  with pytest.raises(ValueError, match="same"):
+    metrics.graded_ndcg(np.ones((2, 3)), np.ones((2, 4)))
