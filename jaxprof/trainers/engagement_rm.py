@@ -3,9 +3,9 @@
 `reward_model.backbone = "engagement"`, trained in the reward_model stage like the other reward
 models. The system labels items for texts (`System.label_items(rows, texts)`: each row's logged
 items and the actions taken on them); the texts are the rows' raw sources (texts=None) and, with
-reward_model.sampled.prompts > 0, the start policy's own samples for that many rows, the kind of
-text the model will score during RL. A model fitted on raw sources alone reads summaries out of
-its training distribution.
+reward_model.sampled.prompts > 0, the start policy's own samples for that many rows (and as many
+held-out rows), the kind of text the model will score during RL. A model fitted on raw sources
+alone reads summaries out of its training distribution.
 
 The model (`rewards.engagement`: the frozen MiniLM's embeddings of text and item, an MLP on
 [m; p; m * p]) is fitted on the examples of the system's "train" reward rows, with early stopping
@@ -89,21 +89,21 @@ def held_out_accuracy(model: engagement.EngagementModel, examples: Sequence[Exam
 def _sampled_texts(config, system, rows: Mapping[str, Sequence], start_dir: str,
                    stage_dir: pathlib.Path) -> dict[str, list[str]]:
   """{"train": texts, "eval": texts}: one start-policy sample for each of the first
-  reward_model.sampled.prompts train rows and for every eval row; saved to
-  stage_dir/sampled_texts.json once (a resumed stage reads them back)."""
+  reward_model.sampled.prompts train rows and as many eval rows, drawn together (one sampler
+  call when both fit in config.eval.batch_size rows); saved to stage_dir/sampled_texts.json once
+  (a resumed stage reads them back)."""
   n = int((config.reward_model.get("sampled") or {}).get("prompts", 0))
   if not n:
     return {}
   path = stage_dir / "sampled_texts.json"
   if path.exists():
     return json.loads(path.read_text())
-  start = policy.start(config, start_dir)
-  out = {}
-  for part, part_rows in (("train", rows["train"][:n]), ("eval", rows["eval"])):
-    groups = sampled_pairs.sample(start, [system.prompt(r) for r in part_rows], 1, config.rollout,
-                                  config.eval.batch_size,
-                                  config.seed + (0 if part == "train" else 10_000))
-    out[part] = [g[0] for g in groups]
+  parts = {"train": rows["train"][:n], "eval": rows["eval"][:n]}
+  prompts = [system.prompt(r) for part_rows in parts.values() for r in part_rows]
+  texts = [g[0] for g in sampled_pairs.sample(policy.start(config, start_dir), prompts, 1,
+                                              config.rollout, config.eval.batch_size,
+                                              config.seed)]
+  out = {"train": texts[:len(parts["train"])], "eval": texts[len(parts["train"]):]}
   if jax.process_index() == 0:
     stages.atomic_write_json(path, out)
   return out
