@@ -29,7 +29,6 @@ from jaxprof.rewards.engagement import (
     engagement_listwise,
     engagement_pointwise,
     train_engagement_head,
-    train_engagement_model,
 )
 from jaxprof.rewards.registry import REWARDS, build_rewards, make_reward, register
 from jaxprof.rewards.text import format_reward, length_penalty
@@ -40,5 +39,5 @@ __all__ = [
     "embedding_contrastive", "engagement_listwise", "engagement_pointwise", "format_reward",
     "length_penalty", "make_reward", "next_item_supervision", "next_item_target", "register",
     "retrieval_ranking", "summarize", "train_engagement_head",
-    "train_engagement_model", "weighted_sum",
+    "weighted_sum",
 ]

@@ -184,31 +184,6 @@ class EngagementModel:
     return np.asarray(self._probs(self.mlp, m, self.embed_postings(list(posting_texts))))
 
 
-def train_engagement_model(member_texts: Sequence[str], posting_texts: Sequence[str],
-                           labels: Sequence[int], config: EngagementConfig = EngagementConfig(),
-                           encoder: TextEncoder | None = None,
-                           groups: Sequence | None = None) -> dict:
-  """Trains the MLP on (member text, posting text, label) rows; returns the MLP params.
-
-  Distinct texts are embedded once with `encoder` (default: the packaged MiniLM). Wrap the result
-  as `EngagementModel(params, encoder)` to score text.
-  """
-  if not len(member_texts) == len(posting_texts) == len(labels):
-    raise ValueError(f"train_engagement_model: {len(member_texts)} member texts, "
-                     f"{len(posting_texts)} postings and {len(labels)} labels")
-  encoder = encoder or TextEncoder.packaged_minilm()
-
-  def embed_distinct(texts):
-    distinct = sorted(set(texts))
-    emb = encoder.embed(distinct)
-    where = {t: i for i, t in enumerate(distinct)}
-    return emb[[where[t] for t in texts]]
-
-  mlp, _ = train_engagement_head(embed_distinct(list(member_texts)),
-                                 embed_distinct(list(posting_texts)), labels, config, groups)
-  return mlp
-
-
 # ----------------------------------------------------------------------------------- rewards
 
 

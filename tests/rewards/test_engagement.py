@@ -14,7 +14,6 @@ from jaxprof.rewards import (
   engagement_listwise,
   engagement_pointwise,
   train_engagement_head,
-  train_engagement_model,
 )
 from jaxprof.rewards.engagement import APPLY, CLICK, SKIP, engagement_entropy_weight
 from tests.rewards import tiny_encoder
@@ -192,9 +191,9 @@ def market(n_members, seed):
 def test_minilm_engagement_model_and_rewards():
   enc = TextEncoder.packaged_minilm()
   member, posting, labels, _, ids = market(100, seed=0)
-  mlp = train_engagement_model(member, posting, labels,
-                               EngagementConfig(hidden=64, max_epochs=40, batch_size=64),
-                               encoder=enc, groups=ids)
+  mlp, _ = train_engagement_head(enc.embed(member), enc.embed(posting), labels,
+                                 EngagementConfig(hidden=64, max_epochs=40, batch_size=64),
+                                 groups=ids)
   model = EngagementModel(mlp, enc)
   tm, tp, tl, _, _ = market(30, seed=1)
   probs = model.score(tm, tp)
