@@ -45,7 +45,6 @@ ENTROPY_WEIGHT = "entropy_weight"  # the RL rows' column grpo.prompt_weight may 
 ENTROPY_FLOOR = 0.1  # the weight of a member whose held-out actions are all alike
 REWARD_EVAL_FRACTION = 1 / 6  # training members only testing the reward model (64 of 384)
 K = 10
-INDEPENDENT = "paraphrase-L3"
 
 
 class System(base.System):
@@ -53,6 +52,10 @@ class System(base.System):
 
   rl_split, eval_split = "train", "test"
   columns = ("future_jds", "future_actions")
+
+  def __init__(self, config):
+    super().__init__(config)
+    self._gains: dict[int, np.ndarray] = {}  # member id -> [P] oracle probabilities
 
   def prompt(self, row):
     return templates.member_prompt(row, include_skipped=self.config.data.include_skipped)
@@ -109,10 +112,6 @@ class System(base.System):
   def independent_encoder(self) -> TextEncoder:
     """An encoder no reward uses (paraphrase-MiniLM-L3-v2), for evaluation only."""
     return TextEncoder.packaged_paraphrase_minilm()
-
-  @functools.cached_property
-  def _gains(self) -> dict[int, np.ndarray]:
-    return {}
 
   def oracle_gains(self, rows: Sequence[base.Row]) -> np.ndarray:
     """[N, P] the oracle's engagement probability of each row's member for every posting."""
