@@ -14,6 +14,10 @@ of host-side facts (data iterator position, adaptive KL coefficient, ...):
   ckpt.save(step, state, {"data_position": pos, "kl_coef": kl})   # no-op between intervals
   ckpt.close()                                                   # waits for pending writes
 
+`directory` may be an object store URL: orbax gets it as an `epath.Path` whose `str()` is
+`gs://bucket/...`, from which it builds TensorStore's kvstore spec (the `gcs` driver for `gs://`,
+`file` for an absolute local path), so the arrays go straight to the bucket.
+
 Typed PRNG keys (`jax.random.key`) are stored as their raw `key_data` and re-wrapped on
 restore, so restored arrays are bitwise identical to the saved ones. Saves are synchronous:
 when `save` returns True the step directory is complete on disk.
@@ -22,13 +26,14 @@ when `save` returns True the step directory is complete on disk.
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxprof import paths
 
 _STATE, _META, _KEYS = "state", "meta", "prng_impls"
 
@@ -71,7 +76,8 @@ class Checkpointer:
   """Keeps the last `keep` checkpoints of a train state in `directory`, one every `every` steps.
 
   Args:
-    directory: where step directories (`<step>/state`, `<step>/meta`) go; created if missing.
+    directory: where step directories (`<step>/state`, `<step>/meta`) go; created if missing. A
+      local path (made absolute: TensorStore needs one) or a `gs://` URL.
     every: `save` writes only when `step % every == 0` (or `force=True`).
     keep: how many of the newest checkpoints to keep; None keeps all.
   """
@@ -81,7 +87,7 @@ class Checkpointer:
       raise ValueError(f"checkpoint every={every}: must be >= 1")
     if keep is not None and keep < 1:
       raise ValueError(f"checkpoint keep={keep}: must be >= 1 or None")
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = paths.absolute(directory)
     self.every = every
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=1,  # `save` applies `every` itself (orbax also saves the first step).

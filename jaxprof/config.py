@@ -36,6 +36,7 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 
+from jaxprof import paths
 from jaxprof import stages as stages_lib
 
 
@@ -388,7 +389,7 @@ def lock_and_save(
   frozen = ml_collections.FrozenConfigDict(config)
   if workdir is None or jax.process_index() != 0:
     return frozen
-  path = pathlib.Path(workdir) / filename
+  path = paths.as_path(workdir) / filename
   text = to_json(config)
   if path.exists():
     old_text = path.read_text()

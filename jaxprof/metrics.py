@@ -16,7 +16,10 @@ dict from the device once, then writes
   * a tqdm bar with ETA and the `show` metrics, or, without a TTY (or with CI set), an absl
     log line every `log_every` steps.
 On resume (`start_step=s`), JSONL lines after step s are dropped and TensorBoard is told to
-discard events after s, so neither holds a step twice. Only process 0 writes.
+discard events after s, so neither holds a step twice. Only process 0 writes. On an object store
+workdir (`gs://`), where nothing can be appended to, both are written to a local copy
+(`paths.LocalMirror`) uploaded every 30 s, on `flush` (the train loop flushes at each
+checkpoint) and on `close`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import re
 import sys
 import time
@@ -37,7 +39,7 @@ import tqdm
 from absl import logging
 from tensorboardX import SummaryWriter
 
-from jaxprof.stages import atomic_write_text
+from jaxprof import paths
 
 _TAG = re.compile(r"[^A-Za-z0-9_./-]")
 
@@ -59,7 +61,7 @@ def truncate_jsonl(path: str | os.PathLike, last_step: int) -> int:
 
   Returns how many lines were dropped. A missing file is fine (returns 0).
   """
-  path = pathlib.Path(path)
+  path = paths.as_path(path)
   if not path.exists():
     return 0
   kept, dropped = [], 0
@@ -74,7 +76,7 @@ def truncate_jsonl(path: str | os.PathLike, last_step: int) -> int:
     else:
       dropped += 1
   if dropped:
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    paths.atomic_write_text(path, "".join(line + "\n" for line in kept))
   return dropped
 
 
@@ -119,22 +121,23 @@ class MetricWriter:
     self._active = jax.process_index() == 0
     self._start_time = time.time()
     self._last_step = start_step
-    self.jsonl_path = pathlib.Path(workdir) / stage / "metrics.jsonl"
-    self.tb_dir = pathlib.Path(workdir) / "tb" / stage
+    self.jsonl_path = paths.as_path(workdir) / stage / "metrics.jsonl"
+    self.tb_dir = paths.as_path(workdir) / "tb" / stage
     self._bar = None
     self._tb = None
     self._jsonl = None
     if not self._active:
       return
-    self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
     dropped = truncate_jsonl(self.jsonl_path, start_step)
     if dropped:
       logging.info("Dropped %d metric lines after step %d from %s", dropped, start_step,
                    self.jsonl_path)
-    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+    # Local workdirs: the files themselves; object stores: local copies uploaded on flush.
+    self._mirrors = (paths.LocalMirror(self.jsonl_path.parent), paths.LocalMirror(self.tb_dir))
+    self._jsonl = open(self._mirrors[0].pull(self.jsonl_path.name), "a", encoding="utf-8")
     # purge_step makes TensorBoard ignore events at steps >= it written by an earlier run.
-    self._tb = SummaryWriter(str(self.tb_dir), purge_step=start_step + 1 if start_step else None,
-                             flush_secs=30)
+    self._tb = SummaryWriter(str(self._mirrors[1].local),
+                             purge_step=start_step + 1 if start_step else None, flush_secs=30)
     if progress is None:
       progress = _console_is_interactive()
     if progress:
@@ -145,7 +148,7 @@ class MetricWriter:
   def for_stage(cls, stage_dir: str | os.PathLike, total_steps: int, **kwargs: Any
                 ) -> MetricWriter:
     """The writer for a stage run by `jaxprof.stages.run_stages` in `workdir/<stage>/`."""
-    stage_dir = pathlib.Path(stage_dir)
+    stage_dir = paths.as_path(stage_dir)
     return cls(stage_dir.parent, stage_dir.name, total_steps, **kwargs)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -160,6 +163,8 @@ class MetricWriter:
     record.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
+    for mirror in self._mirrors:  # uploads at most every 30 s (object stores only)
+      mirror.sync()
     self._console(step, values)
     self._last_step = step
     return values
@@ -186,9 +191,12 @@ class MetricWriter:
       self._tb.add_text(name, text, global_step=step)
 
   def flush(self) -> None:
+    """Writes what is buffered through to the workdir (uploads it, on an object store)."""
     if self._active:
       self._jsonl.flush()
       self._tb.flush()
+      for mirror in self._mirrors:
+        mirror.sync(force=True)
 
   def close(self) -> None:
     """Flushes and closes every sink; safe to call twice."""
@@ -199,6 +207,8 @@ class MetricWriter:
       self._bar.close()
     self._tb.close()
     self._jsonl.close()
+    for mirror in self._mirrors:
+      mirror.close()
 
   def __enter__(self) -> MetricWriter:
     return self

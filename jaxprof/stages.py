@@ -6,8 +6,11 @@ A config lists its stages, e.g. `config.stages = ("sft", "reward_model", "ppo", 
 command skips complete stages (their recorded outputs feed later stages) and re-enters the first
 incomplete one, which resumes from its own checkpoints.
 
-Also here: `atomic_write_text` / `atomic_write_json` (a reader never sees half a file) and
-`NonFiniteGuard` / `select_if_finite` (skip a non-finite update, fail after K in a row).
+The workdir may be a local directory or an object store URL (`gs://bucket/runs/x`): every path
+goes through `jaxprof.paths`. Process 0 writes DONE.json; all processes meet at a barrier after
+each stage, so the next stage reads what process 0 wrote. Also here: `atomic_write_text` /
+`atomic_write_json` (from `jaxprof.paths`: a reader never sees half a file) and `NonFiniteGuard` /
+`select_if_finite` (skip a non-finite update, fail after K in a row).
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,6 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+from jaxprof import paths
 
 # Every stage name a config may list; `jaxprof.config.validate` checks `config.stages` against it.
 STAGE_NAMES = ("sft", "reward_model", "ppo", "grpo", "eval")
@@ -46,39 +51,12 @@ class Context:
 
 
 # A stage: (context, its own directory, outputs of earlier stages by name) -> JSON-able outputs.
-StageFn = Callable[[Context, pathlib.Path, Mapping[str, Mapping[str, Any]]], Mapping[str, Any]]
+StageFn = Callable[[Context, epath.Path, Mapping[str, Mapping[str, Any]]], Mapping[str, Any]]
 
 
-# ---------------------------------------------------------------------------------------------
-# Atomic file writes.
-# ---------------------------------------------------------------------------------------------
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
-  """Writes `text` to `path` so readers see the old file or the new one, never a partial one.
-
-  The text goes to a temporary file in the same directory, is flushed and fsynced, then renamed
-  over `path` with `os.replace` (atomic on POSIX). Parent directories are created.
-  """
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return path
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> pathlib.Path:
-  """`atomic_write_text` of `json.dumps(obj)`; fails before touching `path` if not JSON-able."""
-  return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+# Atomic file writes, kept here for the callers that import them from `stages`.
+atomic_write_text = paths.atomic_write_text
+atomic_write_json = paths.atomic_write_json
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +88,7 @@ def check_stages(stages: Sequence[str], registry: Mapping[str, StageFn]) -> tupl
 
 def read_done(stage_dir: str | os.PathLike) -> dict[str, Any] | None:
   """The contents of `stage_dir/DONE.json`, or None if the stage has not completed."""
-  path = pathlib.Path(stage_dir) / DONE_FILE
+  path = paths.as_path(stage_dir) / DONE_FILE
   if not path.exists():
     return None
   try:
@@ -129,7 +107,8 @@ def run_stages(
 
   Args:
     ctx: the run's context, passed unchanged to every stage (`ctx.config.stages` lists them).
-    workdir: the run's directory; stage `name` works in `workdir/name/`.
+    workdir: the run's directory (a local path or a `gs://` URL); stage `name` works in
+      `workdir/name/`.
     registry: stage name -> function `(ctx, stage_dir, inputs) -> outputs`, where `inputs`
       maps each earlier stage's name to its outputs, and `outputs` is a JSON-able dict.
     stages: overrides `config.stages`.
@@ -142,7 +121,7 @@ def run_stages(
   """
   config = ctx.config
   stages = check_stages(config.stages if stages is None else stages, registry)
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir)
   outputs: dict[str, dict[str, Any]] = {}
   for name in config.stages:  # stages not asked for still feed their recorded outputs forward
     done = read_done(workdir / name) if name not in stages else None
@@ -170,6 +149,8 @@ def run_stages(
     }
     if jax.process_index() == 0:  # One writer on a shared filesystem.
       atomic_write_json(stage_dir / DONE_FILE, record)
+    if jax.process_count() > 1:  # The next stage may read what process 0 wrote in this one.
+      multihost_utils.sync_global_devices(f"jaxprof stage {name} done")
     outputs[name] = result
     logging.info("Stage %r complete in %.1f s.", name, record["seconds"])
   return outputs

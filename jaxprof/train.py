@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging as std_logging
 import math
 import os
-import pathlib
 import sys
 
 import jax
@@ -19,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxprof import config as config_lib
-from jaxprof import evaluation, parallel, stages, systems
+from jaxprof import evaluation, parallel, paths, stages, systems
 from jaxprof.evaluation import stage as evaluation_stage
 from jaxprof.models import gguf, hf
 from jaxprof.rewards import registry
@@ -28,7 +27,8 @@ from jaxprof.trainers import grpo, ppo, reward_model, sft
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "System config file (configs/*.py).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes (a local "
+                                "path or a gs:// URL).")
 _STAGES = flags.DEFINE_list("stages", None, "Run only these stages (default: config.stages).")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
@@ -41,8 +41,9 @@ STAGES = {"sft": sft.run, "reward_model": reward_model.run, "ppo": ppo.run, "grp
 
 
 def train_and_evaluate(config, workdir: str | os.PathLike, only: list[str] | None = None) -> dict:
-  """Importable entry point: runs the config's stages in `workdir` (resuming)."""
-  workdir = pathlib.Path(workdir)
+  """Importable entry point: runs the config's stages in `workdir` (resuming), a local path or
+  an object store URL (`gs://bucket/runs/x`)."""
+  workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   config_lib.lock_and_save(config, workdir)
   try:

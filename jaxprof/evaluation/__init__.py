@@ -12,7 +12,6 @@ Every evaluator generates text through `Context.rollouts` (or `generate`, its te
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -20,6 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from jaxprof import config as config_lib
 from jaxprof.trainers import policy, rollout
@@ -56,7 +56,7 @@ class Context:
   system: Any
   policies: dict[str, str]
   inputs: Mapping[str, Mapping]
-  stage_dir: pathlib.Path
+  stage_dir: epath.Path
   _loaded: dict = dataclasses.field(default_factory=dict, repr=False)
   _cache: dict = dataclasses.field(default_factory=dict, repr=False)
   _tokenizers: dict = dataclasses.field(default_factory=dict, repr=False)

@@ -4,21 +4,24 @@ Policies: "start" (the SFT export, or model.path) and "rl" (the RL stage's expor
 Writes `results.json` ({evaluator: {row: {metric: value}}}), `report.md` (one table per
 evaluator), `samples.jsonl`, one bar chart per evaluator (`<name>.png`) and the curves over steps
 of every earlier stage (`curves_<stage>.png`: losses, reward, KL, the truth probe) into the stage
-dir.
+dir, process 0 only, through `jaxprof.paths` (the workdir may be a `gs://` URL).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import pathlib
+import os
 from collections.abc import Mapping
 
+import jax
 import matplotlib
 import numpy as np
 from absl import logging
+from etils import epath
 
-from jaxprof import evaluation, stages
+from jaxprof import evaluation, paths
 from jaxprof.trainers import policy
 
 matplotlib.use("Agg")
@@ -38,21 +41,24 @@ def policies(config, inputs: Mapping[str, Mapping]) -> dict[str, str]:
   return out
 
 
-def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
+def run(ctx, stage_dir: epath.Path, inputs) -> dict:
   ev = evaluation.Context(ctx.config, ctx.system, policies(ctx.config, inputs), inputs,
                           stage_dir)
   results, samples = {}, []
+  writer = jax.process_index() == 0  # one writer of the shared stage directory
   for name, kwargs in ctx.config.eval.evaluators.items():
     logging.info("evaluator %s on policies %s", name, ev.policies)
     result = evaluation.get(name)(ev, **dict(kwargs))
     results[name] = result.table
     samples += result.samples
-    plot(result.table, stage_dir / f"{name}.png", name)
-  stages.atomic_write_json(stage_dir / "results.json", results)
-  stages.atomic_write_text(stage_dir / "samples.jsonl",
-                           "".join(json.dumps(s) + "\n" for s in samples))
-  stages.atomic_write_text(stage_dir / "report.md",
-                           report(ctx.config, results, samples, inputs))
+    if writer:
+      plot(result.table, stage_dir / f"{name}.png", name)
+  if not writer:
+    return {"results": results}
+  paths.atomic_write_json(stage_dir / "results.json", results)
+  paths.atomic_write_text(stage_dir / "samples.jsonl",
+                          "".join(json.dumps(s) + "\n" for s in samples))
+  paths.atomic_write_text(stage_dir / "report.md", report(ctx.config, results, samples, inputs))
   for metrics_path in sorted(stage_dir.parent.glob("*/metrics.jsonl")):
     plot_curves(metrics_path, stage_dir)
   return {"results": results}
@@ -117,7 +123,15 @@ def report(config, results: Mapping[str, evaluation.Table], samples,
   return "\n".join(out)
 
 
-def plot(table: evaluation.Table, path: pathlib.Path, title: str) -> None:
+def save_figure(fig, path: str | os.PathLike) -> None:
+  """Writes a matplotlib figure as a PNG to `path` (local or `gs://`, atomically) and closes it."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  plt.close(fig)
+  paths.atomic_write_bytes(path, buf.getvalue())
+
+
+def plot(table: evaluation.Table, path: str | os.PathLike, title: str) -> None:
   """Bars of every metric for each row label, with their 95% intervals where the table has them
   (`<metric>/ci_low`, `/ci_high`). Lengths (another scale) and the "X vs Y" comparison rows
   (in the report) are left out."""
@@ -139,8 +153,7 @@ def plot(table: evaluation.Table, path: pathlib.Path, title: str) -> None:
   ax.set_title(title)
   ax.set_ylabel("mean over held-out prompts\n(error bars: 95% bootstrap CI)", fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 CURVES = ("sft/loss", "rm/loss", "rm/accuracy", "reward/mean", "rl/kl", "rl/loss",
@@ -148,9 +161,10 @@ CURVES = ("sft/loss", "rm/loss", "rm/accuracy", "reward/mean", "rl/kl", "rl/loss
           "rollout/truncated_fraction", "rl/entropy")
 
 
-def plot_curves(metrics_path: pathlib.Path, out: pathlib.Path) -> pathlib.Path | None:
+def plot_curves(metrics_path: str | os.PathLike, out: str | os.PathLike) -> epath.Path | None:
   """`out/curves_<stage>.png`: one panel per logged key of CURVES and per probe/* key (the truth
   on fixed held-out prompts), over the stage's steps. None when the stage logged none of them."""
+  metrics_path = paths.as_path(metrics_path)
   rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
   probes = sorted({k for r in rows for k in r if k.startswith("probe/")})
   keys = [k for k in (*CURVES, *probes) if any(isinstance(r.get(k), float) for r in rows)]
@@ -171,7 +185,6 @@ def plot_curves(metrics_path: pathlib.Path, out: pathlib.Path) -> pathlib.Path |
   fig.suptitle(f"{metrics_path.parent.name}: logged per step"
                + (" (probe/*: the truth on fixed held-out prompts)" if probes else ""))
   fig.tight_layout()
-  path = out / f"curves_{metrics_path.parent.name}.png"
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  path = paths.as_path(out) / f"curves_{metrics_path.parent.name}.png"
+  save_figure(fig, path)
   return path

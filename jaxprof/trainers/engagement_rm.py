@@ -17,12 +17,13 @@ skipped) and argmax accuracy over the three actions, per kind of text.
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from jaxprof import stages
 from jaxprof.models.encoder import TextEncoder
@@ -36,7 +37,7 @@ RAW, SAMPLED = "raw", "sampled"
 Example = Mapping[str, object]  # {"text", "item", "label", "group"}
 
 
-def run(config, system, start_dir: str, stage_dir: pathlib.Path) -> dict:
+def run(config, system, start_dir: str, stage_dir: epath.Path) -> dict:
   """Fits the engagement model on the system's labelled items, saves it to stage_dir/model and
   returns {"reward_model_dir", "eval_auc_<kind>", "eval_accuracy_<kind>", "train_examples"}."""
   rm = config.reward_model
@@ -87,7 +88,7 @@ def held_out_accuracy(model: engagement.EngagementModel, examples: Sequence[Exam
 
 
 def _sampled_texts(config, system, rows: Mapping[str, Sequence], start_dir: str,
-                   stage_dir: pathlib.Path) -> dict[str, list[str]]:
+                   stage_dir: epath.Path) -> dict[str, list[str]]:
   """{"train": texts, "eval": texts}: one start-policy sample for each of the first
   reward_model.sampled.prompts train rows and as many eval rows, drawn together (one sampler
   call when both fit in config.eval.batch_size rows); saved to stage_dir/sampled_texts.json once
@@ -109,7 +110,7 @@ def _sampled_texts(config, system, rows: Mapping[str, Sequence], start_dir: str,
   return out
 
 
-def load(directory: str | pathlib.Path) -> engagement.EngagementModel:
+def load(directory: str | os.PathLike) -> engagement.EngagementModel:
   """The engagement model saved by `run`, with the packaged MiniLM."""
   params, card = artifacts.load_pytree(directory)
   if card.get("backbone") != BACKBONE:

@@ -11,12 +11,12 @@ the same forward pass (`aux_nll`).
 from __future__ import annotations
 
 import functools
-import pathlib
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from jaxprof import buckets, parallel, perf
 from jaxprof.rl import advantages as adv_lib
@@ -125,7 +125,7 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
   return state, one_step
 
 
-def train(config, stage_dir: pathlib.Path, start: policy.Start, prompt_batch: PromptBatchFn,
+def train(config, stage_dir: epath.Path, start: policy.Start, prompt_batch: PromptBatchFn,
           mesh, probe=None) -> tuple[Any, dict]:
   """The GRPO loop over config.rl.total_steps rollouts; returns (final state, last metrics).
   probe: `rollout.truth_probe`, run every config.eval.probe_every steps."""
@@ -136,7 +136,7 @@ def train(config, stage_dir: pathlib.Path, start: policy.Start, prompt_batch: Pr
                   show=("reward/mean", "rl/kl", "rollout/length_mean", "perf/mfu"))
 
 
-def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
+def run(ctx, stage_dir: epath.Path, inputs) -> dict:
   """The grpo stage: from the SFT export (or model.path), on the system's RL prompts."""
   rollout.check_config(ctx.config, "grpo")
   start = policy.start(ctx.config, policy.start_dir(ctx.config, inputs))

@@ -7,18 +7,18 @@ the step) and, because batches and PRNG keys are functions of the step, nothing 
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Callable
 from typing import Any
 
 import jax
 from absl import logging
+from etils import epath
 
 from jaxprof import checkpoint, metrics, stages
 
 
-def restore_or_init(stage_dir: pathlib.Path, state: Any, ckpt_config) -> tuple[Any, int,
-                                                                                 checkpoint.Checkpointer]:
+def restore_or_init(stage_dir: epath.Path, state: Any, ckpt_config
+                    ) -> tuple[Any, int, checkpoint.Checkpointer]:
   """Restores the latest checkpoint of this stage onto `state`'s shardings, if there is one."""
   ckpt = checkpoint.Checkpointer(stage_dir / "checkpoints", every=ckpt_config.every,
                                  keep=ckpt_config.keep)
@@ -32,7 +32,7 @@ def restore_or_init(stage_dir: pathlib.Path, state: Any, ckpt_config) -> tuple[A
   return state, latest, ckpt
 
 
-def run(stage_dir: pathlib.Path, state: Any, one_step: Callable[[Any, int], tuple[Any, dict]],
+def run(stage_dir: epath.Path, state: Any, one_step: Callable[[Any, int], tuple[Any, dict]],
         total_steps: int, config, show: tuple[str, ...] = ("train/loss",)) -> tuple[Any, dict]:
   """Runs steps [resumed, total_steps); returns the final state and the last step's metrics."""
   state, start, ckpt = restore_or_init(stage_dir, state, config.checkpoint)
@@ -49,7 +49,8 @@ def run(stage_dir: pathlib.Path, state: Any, one_step: Callable[[Any, int], tupl
       guard(step + 1, terms)
       values |= timer.lap(step + 1, tokens=int(values.get("perf/tokens", 0)) or None)
       last = writer.write(step + 1, values)
-      ckpt.save(step + 1, state, force=step + 1 == total_steps)
+      if ckpt.save(step + 1, state, force=step + 1 == total_steps):
+        writer.flush()  # the metrics up to a checkpoint are in the workdir with it
     ckpt.wait()
     ckpt.close()
   return state, last

@@ -7,7 +7,6 @@ SFT targets and RL samples, so every stage computes log-probs the same way.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -15,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 
-from jaxprof import buckets, parallel
+from jaxprof import buckets, parallel, paths
 from jaxprof.models import causal_lm, hf, layers, lora
 from jaxprof.models.layers import RopeConfig
 from jaxprof.models.llama import LlamaConfig
@@ -75,7 +75,8 @@ def load(model_config, path: str | None = None, seed: int = 0
 
 def load_tokenizer(path: str) -> Tokenizer:
   """The tokenizer of the policy at `path` without its weights ("tiny" shares the packaged one)."""
-  return Tokenizer.from_dir(hf.resolve_model_dir(hf.PACKAGED if path == "tiny" else path))
+  return Tokenizer.from_dir(hf.resolve_model_dir(hf.PACKAGED if path == "tiny" else path,
+                                                 weights=False))
 
 
 def init_trainable(spec: PolicySpec, params: dict, model_config, key: jax.Array
@@ -149,17 +150,20 @@ def completion_logprobs(spec: PolicySpec, params: dict, prompt_ids: jax.Array,
 
 
 def export(spec: PolicySpec, trainable: Any, frozen: Any, tokenizer: Tokenizer,
-           out_dir: pathlib.Path) -> pathlib.Path:
-  """Writes the (LoRA-merged) float32 policy as an HF directory that transformers loads."""
+           out_dir: epath.Path) -> epath.Path:
+  """Writes the (LoRA-merged) float32 policy as an HF directory that transformers loads (process
+  0 writes; every process must call this: the params are gathered from all of them)."""
   params = lora.merge(frozen["base"], trainable, spec.lora_alpha, spec.lora_rank) \
       if spec.uses_lora else trainable
   params = jax.tree.map(lambda x: x.astype(np.float32), parallel.to_host(params))
-  out = hf.save_hf(params, spec.cfg, out_dir, tokenizer_dir=tokenizer.path)
-  logging.info("exported policy to %s", out)
-  return out.resolve()  # recorded in DONE.json: must not depend on the working directory
+  if jax.process_index() == 0:  # one writer; run_stages' barrier lets the others read it after
+    hf.save_hf(params, spec.cfg, out_dir, tokenizer_dir=tokenizer.path)
+    logging.info("exported policy to %s", out_dir)
+  # Recorded in DONE.json: must not depend on the working directory.
+  return paths.absolute(out_dir, resolve=True)
 
 
-def finish(start: Start, trainable: Any, stage_dir: pathlib.Path, last: Mapping) -> dict:
+def finish(start: Start, trainable: Any, stage_dir: epath.Path, last: Mapping) -> dict:
   """An RL stage's outputs: the trained policy exported to stage_dir/export, last metrics."""
   out = export(start.spec, trainable, start.frozen, start.tok, stage_dir / "export")
   return {"policy_dir": str(out), "final_metrics": dict(last)}

@@ -9,13 +9,13 @@ updates of the policy and of the critic -> adaptive KL coefficient. The critic i
 from __future__ import annotations
 
 import functools
-import pathlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from jaxprof import buckets, parallel, perf
 from jaxprof import config as config_lib
@@ -192,7 +192,7 @@ def build(config, start: policy.Start, critic: Critic, prompt_batch: PromptBatch
   return state, one_step
 
 
-def train(config, stage_dir: pathlib.Path, start: policy.Start, critic: Critic,
+def train(config, stage_dir: epath.Path, start: policy.Start, critic: Critic,
           prompt_batch: PromptBatchFn, mesh, probe=None) -> tuple[Any, dict]:
   """The PPO loop over config.rl.total_steps rollouts; returns (final state, last metrics).
   probe: `rollout.truth_probe`, run every config.eval.probe_every steps."""
@@ -203,7 +203,7 @@ def train(config, stage_dir: pathlib.Path, start: policy.Start, critic: Critic,
                   show=("reward/mean", "rl/kl", "critic/explained_variance", "perf/mfu"))
 
 
-def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
+def run(ctx, stage_dir: epath.Path, inputs) -> dict:
   """The ppo stage: from the SFT export (or model.path), on the system's RL prompts."""
   rollout.check_config(ctx.config, "ppo")
   policy_dir = policy.start_dir(ctx.config, inputs)

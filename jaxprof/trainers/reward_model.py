@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import pathlib
+import os
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from jaxprof import buckets, parallel, stages
 from jaxprof.models import bert, heads, hf
@@ -105,7 +106,7 @@ def _pair_batch(scorer, tok, pairs, idx) -> dict:
           "rejected_mask": pad(r_mask)}
 
 
-def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
+def run(ctx, stage_dir: epath.Path, inputs) -> dict:
   """The reward_model stage: the system's pairs (plus, with reward_model.sampled, pairs of the
   start policy's own samples: `sampled_pairs`), backbone from the SFT export (or model.path).
   Reports held-out pairwise accuracy on each kind of pair."""
@@ -124,7 +125,7 @@ def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
   return {**out, **sampled_pairs.describe(sampled)}
 
 
-def _sampled_pairs(config, system, start_dir: str, stage_dir: pathlib.Path) -> dict:
+def _sampled_pairs(config, system, start_dir: str, stage_dir: epath.Path) -> dict:
   """sampled_pairs.build, saved to stage_dir/sampled_pairs.json once (a resumed stage reads them
   back instead of sampling again)."""
   if not (config.reward_model.get("sampled") or {}).get("prompts"):
@@ -138,7 +139,7 @@ def _sampled_pairs(config, system, start_dir: str, stage_dir: pathlib.Path) -> d
   return pairs
 
 
-def train(config, stage_dir: pathlib.Path, pairs: Sequence[Mapping[str, str]],
+def train(config, stage_dir: epath.Path, pairs: Sequence[Mapping[str, str]],
           eval_pairs: Mapping[str, Sequence[Mapping[str, str]]], policy_dir: str, mesh) -> dict:
   """Trains a scalar-head model on (chosen, rejected) pairs; saves it to stage_dir/model.
   eval_pairs: output key (`accuracy_key`) -> held-out pairs."""
@@ -209,12 +210,13 @@ def card_backbone(card: dict, model_config):
   if card["policy_dir"] == "tiny":
     cfg, _, tok = policy.load(model_config, "tiny")
   else:
-    cfg = hf.config_from_hf(hf.read_hf_config(card["policy_dir"]))
-    tok = Tokenizer.from_dir(card["policy_dir"])
+    policy_dir = hf.resolve_model_dir(card["policy_dir"], weights=False)  # gs://: a local copy
+    cfg = hf.config_from_hf(hf.read_hf_config(policy_dir))
+    tok = Tokenizer.from_dir(policy_dir)
   return dataclasses.replace(cfg, num_layers=n), tok
 
 
-def load(directory: str | pathlib.Path, model_config, batch_size: int = 32):
+def load(directory: str | os.PathLike, model_config, batch_size: int = 32):
   """The reward model saved in `directory`, whatever its backbone: `.score(prompts, responses,
   group_size) -> [B]`."""
   params, card = artifacts.load_pytree(directory)
@@ -228,7 +230,7 @@ def load(directory: str | pathlib.Path, model_config, batch_size: int = 32):
 class RewardModel:
   """A trained reward model loaded from its directory: `score(prompts, responses) -> [B]`."""
 
-  def __init__(self, directory: str | pathlib.Path, model_config, batch_size: int = 32):
+  def __init__(self, directory: str | os.PathLike, model_config, batch_size: int = 32):
     params, card = artifacts.load_pytree(directory)
     cfg, self.tok = card_backbone(card, model_config)
     self.scorer = Scorer(cfg, card["pooling"], card["max_prompt_len"], card["max_response_len"])

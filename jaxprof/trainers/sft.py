@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import pathlib
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from jaxprof import buckets, parallel
 from jaxprof.rl import losses
@@ -34,7 +34,7 @@ def make_batch(tok, examples: Sequence[Mapping[str, str]], idx: list[int], sft_c
   return {"prompt_ids": p_ids, "prompt_mask": p_mask, "target_ids": t_ids, "target_mask": t_mask}
 
 
-def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
+def run(ctx, stage_dir: epath.Path, inputs) -> dict:
   """The sft stage: the system's SFT examples, held-out NLL on its eval part."""
   del inputs
   system = ctx.system
@@ -42,7 +42,7 @@ def run(ctx, stage_dir: pathlib.Path, inputs) -> dict:
                ctx.mesh)
 
 
-def train(config, stage_dir: pathlib.Path, examples: Sequence[Mapping[str, str]],
+def train(config, stage_dir: epath.Path, examples: Sequence[Mapping[str, str]],
           eval_examples: Sequence[Mapping[str, str]], mesh) -> dict:
   """Runs SFT from config.model.path; exports the policy to stage_dir/export."""
   cfg, params, tok = policy.load(config.model, seed=config.seed)
