@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxprof.models import causal_lm
-from jaxprof.models.cache import KVCache
+from jaxprof.models.cache import KVCache, Prefix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +103,11 @@ class Completions:
 
 
 @struct.dataclass
-class _LoopState:
+class DecodeState:
+  """What the decode loop carries: a step counter, per-row done flags [R], the logits [R, V] the
+  next token is drawn from, the completion so far ([R, N] tokens, logprobs, mask) and the KV cache
+  of the completions' own slots. R = prompts * num_samples."""
+
   step: jax.Array
   done: jax.Array  # [R] bool
   last_logits: jax.Array  # [R, V] float32
@@ -113,13 +117,57 @@ class _LoopState:
   cache: KVCache
 
 
+def prefill(params: dict, cfg: causal_lm.LMConfig, prompt_tokens: jax.Array,
+            prompt_mask: jax.Array, *, max_new_tokens: int, num_samples: int = 1, pad_id: int = 0,
+            cache_dtype=None) -> tuple[Prefix, DecodeState]:
+  """One pass over the prompts: (their keys and values as a Prefix, kept once per group, and the
+  decode loop's first state with an empty cache of `max_new_tokens` slots per row).
+
+  prompt_tokens: [B, P] int32, left-padded; prompt_mask: [B, P] bool.
+  """
+  rows = prompt_tokens.shape[0] * num_samples
+  cache_dtype = cache_dtype or jax.tree.leaves(params)[0].dtype
+  hidden, prefix = causal_lm.forward(params, cfg, prompt_tokens, prompt_mask)
+  prefix = prefix.replace(k=prefix.k.astype(cache_dtype), v=prefix.v.astype(cache_dtype))
+  last_logits = causal_lm.logits(params, cfg, hidden[:, -1])
+  if num_samples > 1:
+    last_logits = jnp.repeat(last_logits, num_samples, axis=0)
+  return prefix, DecodeState(
+      step=jnp.zeros((), jnp.int32), done=jnp.zeros((rows,), bool), last_logits=last_logits,
+      tokens=jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
+      logprobs=jnp.zeros((rows, max_new_tokens), jnp.float32),
+      mask=jnp.zeros((rows, max_new_tokens), bool),
+      cache=causal_lm.init_cache(cfg, rows, max_new_tokens, cache_dtype))
+
+
+def decode_step(params: dict, cfg: causal_lm.LMConfig, prefix: Prefix, s: DecodeState,
+                key: jax.Array, *, eos_ids: tuple[int, ...], sampling: Sampling = Sampling(),
+                pad_id: int = 0) -> DecodeState:
+  """One token for every row: draw it from `s.last_logits` (key folded with the step), run it
+  through the network against the prompt's `prefix` and the cache, record it."""
+  rows = s.done.shape[0]
+  token = sampling.choose(s.last_logits, jax.random.fold_in(key, s.step))
+  logprob = jnp.take_along_axis(sampling.log_probs(s.last_logits), token[:, None], axis=-1)[:, 0]
+  live = ~s.done
+  token = jnp.where(live, token, pad_id)
+  hidden, cache = causal_lm.forward(params, cfg, token[:, None], jnp.ones((rows, 1), bool),
+                                    cache=s.cache, prefix=prefix)
+  return DecodeState(
+      step=s.step + 1, done=s.done | jnp.isin(token, jnp.asarray(eos_ids, jnp.int32)),
+      last_logits=causal_lm.logits(params, cfg, hidden[:, 0]),
+      tokens=s.tokens.at[:, s.step].set(token),
+      logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, logprob, 0.0)),
+      mask=s.mask.at[:, s.step].set(live), cache=cache)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "sampling",
                                              "num_samples", "pad_id", "cache_dtype"))
 def sample(params: dict, cfg: causal_lm.LMConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
            key: jax.Array, *, max_new_tokens: int, eos_ids: tuple[int, ...],
            sampling: Sampling = Sampling(), num_samples: int = 1, pad_id: int = 0,
            cache_dtype=None) -> Completions:
-  """Samples `num_samples` completions per prompt.
+  """Samples `num_samples` completions per prompt: `prefill`, then `decode_step` in a
+  `lax.while_loop` until every row has ended or `max_new_tokens` are written.
 
   Args:
     prompt_tokens: [B, P] int32, left-padded; prompt_mask: [B, P] bool.
@@ -129,39 +177,12 @@ def sample(params: dict, cfg: causal_lm.LMConfig, prompt_tokens: jax.Array, prom
   Returns:
     Completions with [B * num_samples, max_new_tokens] arrays.
   """
-  rows = prompt_tokens.shape[0] * num_samples
-  cache_dtype = cache_dtype or jax.tree.leaves(params)[0].dtype
   # The prompts' keys and values are computed once and kept once (a Prefix shared by each
   # group); the cache holds only the completions' own slots.
-  hidden, prefix = causal_lm.forward(params, cfg, prompt_tokens, prompt_mask)
-  prefix = prefix.replace(k=prefix.k.astype(cache_dtype), v=prefix.v.astype(cache_dtype))
-  cache = causal_lm.init_cache(cfg, rows, max_new_tokens, cache_dtype)
-  last_logits = causal_lm.logits(params, cfg, hidden[:, -1])
-  if num_samples > 1:
-    last_logits = jnp.repeat(last_logits, num_samples, axis=0)
-  eos = jnp.asarray(eos_ids, jnp.int32)
-
-  def cond(s: _LoopState):
-    return (s.step < max_new_tokens) & ~jnp.all(s.done)
-
-  def body(s: _LoopState) -> _LoopState:
-    token = sampling.choose(s.last_logits, jax.random.fold_in(key, s.step))
-    logprob = jnp.take_along_axis(sampling.log_probs(s.last_logits), token[:, None], axis=-1)[:, 0]
-    live = ~s.done
-    token = jnp.where(live, token, pad_id)
-    hidden, cache = causal_lm.forward(params, cfg, token[:, None], jnp.ones((rows, 1), bool),
-                                      cache=s.cache, prefix=prefix)
-    return _LoopState(
-        step=s.step + 1, done=s.done | jnp.isin(token, eos),
-        last_logits=causal_lm.logits(params, cfg, hidden[:, 0]),
-        tokens=s.tokens.at[:, s.step].set(token),
-        logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, logprob, 0.0)),
-        mask=s.mask.at[:, s.step].set(live), cache=cache)
-
-  init = _LoopState(
-      step=jnp.zeros((), jnp.int32), done=jnp.zeros((rows,), bool), last_logits=last_logits,
-      tokens=jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
-      logprobs=jnp.zeros((rows, max_new_tokens), jnp.float32),
-      mask=jnp.zeros((rows, max_new_tokens), bool), cache=cache)
-  final = jax.lax.while_loop(cond, body, init)
+  prefix, init = prefill(params, cfg, prompt_tokens, prompt_mask, max_new_tokens=max_new_tokens,
+                         num_samples=num_samples, pad_id=pad_id, cache_dtype=cache_dtype)
+  final = jax.lax.while_loop(
+      lambda s: (s.step < max_new_tokens) & ~jnp.all(s.done),
+      lambda s: decode_step(params, cfg, prefix, s, key, eos_ids=eos_ids, sampling=sampling,
+                            pad_id=pad_id), init)
   return Completions(tokens=final.tokens, logprobs=final.logprobs, mask=final.mask)

@@ -75,10 +75,7 @@ def create_state(params: Any, axes: Any, tx: optax.GradientTransformation, mesh:
   # reference policy, a critic sharing the embeddings). device_put alone may alias replicated
   # buffers, so copy first.
   params = jax.device_put(jax.tree.map(jnp.copy, params), param_sh)
-  opt_state = jax.jit(tx.init)(params)  # moments inherit the params' shardings
-  devices = set(mesh.devices.flat)  # counters (Adam's count) do not: replicate them on the mesh
-  opt_state = jax.tree.map(lambda x: x if x.sharding.device_set == devices
-                           else jax.device_put(x, parallel.replicated(mesh)), opt_state)
+  opt_state = jax.jit(tx.init, out_shardings=opt_shardings(tx, params, param_sh, mesh))(params)
   scalar = parallel.replicated(mesh)
   state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), scalar), params=params,
                      opt_state=opt_state,
@@ -88,6 +85,15 @@ def create_state(params: Any, axes: Any, tx: optax.GradientTransformation, mesh:
   # the step returns: otherwise the second update recompiles (device_put counters carry no mesh).
   state = jax.jit(lambda s: s, out_shardings=shardings, donate_argnums=0)(state)
   return state, shardings
+
+
+def opt_shardings(tx: optax.GradientTransformation, params: Any, param_sh: Any, mesh: Mesh
+                  ) -> Any:
+  """Shardings of `tx.init(params)`: each params-shaped part (Adam's moments) sharded as the
+  params are, everything else (counters) replicated. Left to XLA, `jit(tx.init)` replicates the
+  moments (they are zeros, not computed from the params), and fsdp would not shard them."""
+  return optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_sh,
+                               transform_non_params=lambda _: parallel.replicated(mesh))
 
 
 def split_micro(batch: Any, num_micro: int) -> Any:

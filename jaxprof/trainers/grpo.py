@@ -64,7 +64,8 @@ def build(config, start: policy.Start, prompt_batch: PromptBatchFn, mesh
   Metrics include the time of each phase (perf/{rollout,reward,reference,update}_s) and
   perf/mfu: model FLOPs on real tokens over step time and the measured matmul peak.
   """
-  spec, frozen, ref_params = start.spec, start.frozen, start.ref
+  spec = start.spec
+  frozen, ref_params = rollout.place_reference(start, mesh, config.mesh.rules)
   eos_ids, pad_id = start.eos_ids, start.tok.pad_id
   rl, ro_cfg, grpo = config.rl, config.rollout, config.grpo
   single = rl.epochs == 1 and rl.num_minibatches == 1

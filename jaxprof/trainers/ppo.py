@@ -112,7 +112,8 @@ def build(config, start: policy.Start, critic: Critic, prompt_batch: PromptBatch
   The state is {"policy", "critic", "kl_coef"} (all checkpointed). Metrics include the time of
   each phase (perf/{rollout,reward,reference,update}_s) and perf/mfu.
   """
-  spec, frozen, ref_params = start.spec, start.frozen, start.ref
+  spec = start.spec
+  frozen, ref_params = rollout.place_reference(start, mesh, config.mesh.rules)
   eos_ids, pad_id = start.eos_ids, start.tok.pad_id
   critic_cfg = critic.cfg
   rl, ro_cfg, ppo = config.rl, config.rollout, config.ppo

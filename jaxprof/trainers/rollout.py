@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxprof import buckets, sampling
+from jaxprof import buckets, parallel, sampling
 from jaxprof import config as config_lib
+from jaxprof.models import causal_lm
 from jaxprof.rl import advantages as adv_lib
 from jaxprof.rl import losses
 from jaxprof.trainers import aux_nll, common, policy
@@ -250,6 +251,15 @@ def logprob_temperature(rollout_config) -> float:
   trained, reference and recorded log-probs are all of softmax(logits / this), as in TRL and verl:
   ratio, KL and entropy then refer to the behaviour policy."""
   return float(rollout_config.temperature) or 1.0
+
+
+def place_reference(start: policy.Start, mesh, rules) -> tuple[Any, Any]:
+  """(frozen, reference params) of an RL stage on the mesh, sharded by the params' logical axes
+  like the trained state (a device_put array left uncommitted would be replicated on every
+  device of a pod). Under LoRA the reference is the frozen base itself."""
+  axes = causal_lm.param_axes(start.spec.cfg)
+  ref = jax.device_put(start.ref, parallel.param_shardings(axes, start.ref, mesh, rules))
+  return ({"base": ref} if start.spec.uses_lora else start.frozen), ref
 
 
 def policy_logprobs(spec, group_size: int, trainable, frozen, batch, temperature: float = 1.0):
