@@ -30,7 +30,10 @@ def tiny(name: str, **overrides):
   config.unlock()
   for key, value in overrides.items():
     section, field = key.split(".")
-    config[section][field] = value
+    if isinstance(value, dict):
+      config[section][field].update(value)
+    else:
+      config[section][field] = value
   return config_lib.validate(config)
 
 
@@ -162,3 +165,14 @@ def test_unknown_topology_and_step_are_one_line_errors():
                 "--steps=grpo/nope")
   assert out.returncode == 2
   assert "--steps: no step ['grpo/nope']" in out.stderr.strip().splitlines()[-1]
+
+
+def test_lora_update_holds_the_base_once_and_moments_of_the_adapters_only():
+  """Full training holds params + two Adam moments (3 copies); LoRA the frozen base and small
+  adapters with their moments (just over 1 copy)."""
+  args = {}
+  for rank in (0, 4):
+    report = compile_check.check(tiny("langptune", **{"model.lora": {"rank": rank}}), TOPOLOGY,
+                                 step_names=["grpo/update"])
+    args[rank] = report.results[0].arguments
+  assert args[4] < 0.45 * args[0], args
