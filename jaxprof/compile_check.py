@@ -31,6 +31,7 @@ import dataclasses  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -181,8 +182,6 @@ def _per_device(tree) -> float:
 def measure(step: abstract_steps.Step, chip: Chip, chips: int, work_split: int) -> Result:
   """Compiles `step` and reads its per-device memory and cost. work_split: devices the step's
   work divides over (the batch axes, and the tensor axis where the rules shard over it)."""
-  import time
-
   res = Result(step.name, resident=_per_device(step.resident))
   args = step.args() if callable(step.args) else step.args
   start = time.perf_counter()

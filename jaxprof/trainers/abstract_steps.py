@@ -74,8 +74,8 @@ def with_shardings(tree: Any, shardings: Any) -> Any:
 
 
 def sharded_params(tree: Any, axes: Any, mesh: Mesh, rules) -> Any:
-  """Abstract params sharded by their logical axes (what `common.shard_params` puts on the
-  mesh)."""
+  """Abstract params with the shardings `parallel.param_shardings` gives them (as
+  `common.create_state` and `rollout.place_reference` place the real ones)."""
   return with_shardings(tree, parallel.param_shardings(axes, tree, mesh, rules))
 
 
@@ -244,9 +244,7 @@ def rl_steps(config, pol: Policy, mesh: Mesh) -> list[Step]:
   else:
     critic_cfg = dataclasses.replace(spec.cfg, num_layers=_layers(_critic_backbone(config),
                                                                   spec.cfg))
-    critic_optim = rl.optim.copy_and_resolve_references()
-    critic_optim.lr = config.ppo.critic_lr
-    critic_tx = common.make_optimizer(critic_optim, rollout.updates_per_step(rl))
+    critic_tx = ppo.critic_optimizer(config)
     critic_params = jax.eval_shape(lambda: heads.init_scored_model(critic_cfg, jax.random.key(0)))
     crit, crit_sh = abstract_state(critic_params, heads.scored_model_axes(critic_cfg), critic_tx,
                                    mesh, rules)
@@ -268,7 +266,8 @@ def rl_steps(config, pol: Policy, mesh: Mesh) -> list[Step]:
         Step("ppo/critic_update", update_critic, (crit, {}, data, _key(mesh)),
              (state, pol.frozen, *own_ref), tokens, train * critic_fwd),
         Step("ppo/reference", ref_fn, (ref, data), (state, crit), tokens, fwd),
-        Step("ppo/values", values_fn, (crit.params, data), (state, crit.opt_state, *own_ref),
+        Step("ppo/values", values_fn, (crit.params, data),
+             (state, pol.frozen, crit.opt_state, *own_ref),
              tokens, critic_fwd),
     ]
     resident = (state.opt_state, crit, *own_ref)
@@ -288,20 +287,18 @@ def sampler_steps(config, pol: Policy, trainable: Any, mesh: Mesh, resident: Any
   params = jax.eval_shape(functools.partial(policy.effective_params, spec), trainable,
                           pol.frozen)
   params = sharded_params(params, causal_lm.param_axes(spec.cfg), mesh, config.mesh.rules)
-  prefill = jax.jit(functools.partial(sampling.prefill, cfg=spec.cfg, max_new_tokens=n,
-                                      num_samples=g))
+  prefill = jax.jit(lambda params, ids, mask: sampling.prefill(
+      params, spec.cfg, ids, mask, max_new_tokens=n, num_samples=g))
   prompts = batch(mesh, ids=((b, p), jnp.int32), mask=((b, p), bool))
 
   def decode_args():  # the prefill's outputs, on the shardings XLA gives them
-    compiled = prefill.lower(params, prompt_tokens=prompts["ids"],
-                             prompt_mask=prompts["mask"]).compile()
-    prefix, loop = with_shardings(jax.eval_shape(prefill, params, prompt_tokens=prompts["ids"],
-                                                 prompt_mask=prompts["mask"]),
+    compiled = prefill.lower(params, prompts["ids"], prompts["mask"]).compile()
+    prefix, loop = with_shardings(jax.eval_shape(prefill, params, prompts["ids"], prompts["mask"]),
                                   compiled.output_shardings)
     return params, prefix, loop, _key(mesh)
   sampler = sampling.Sampling(ro.temperature, ro.top_k, ro.top_p)
-  decode = jax.jit(functools.partial(sampling.decode_step, cfg=spec.cfg, eos_ids=(0,),
-                                     sampling=sampler), donate_argnames="s")
+  decode = jax.jit(lambda params, prefix, s, key: sampling.decode_step(
+      params, spec.cfg, prefix, s, key, eos_ids=(0,), sampling=sampler), donate_argnums=2)
   # A bf16 forward (or LoRA's merged weights) samples from a copy, while the trained params (and
   # a LoRA base) stay; in float32 without LoRA it is the state's params themselves.
   copy = spec.uses_lora or spec.compute_dtype != "float32"
@@ -313,22 +310,10 @@ def sampler_steps(config, pol: Policy, trainable: Any, mesh: Mesh, resident: Any
   decode_flops = b * g * (2.0 * perf.layer_weights(cfg) + head
                           + 4.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * (p + n))
   return [
-      Step("sampler/prefill", _Keywords(prefill, ("params", "prompt_tokens", "prompt_mask")),
+      Step("sampler/prefill", prefill,
            (params, prompts["ids"], prompts["mask"]), resident, b * p, prefill_flops),
-      Step("sampler/decode", _Keywords(decode, ("params", "prefix", "s", "key")),
-           decode_args, resident, b * g, decode_flops),
+      Step("sampler/decode", decode, decode_args, resident, b * g, decode_flops),
   ]
-
-
-@dataclasses.dataclass
-class _Keywords:
-  """A jitted function whose positional args are passed by name (static args bound first)."""
-
-  fn: Callable
-  names: tuple[str, ...]
-
-  def lower(self, *args):
-    return self.fn.lower(**dict(zip(self.names, args, strict=True)))
 
 
 def steps(config, cfg: causal_lm.LMConfig, mesh: Mesh, only: list[str] | None = None

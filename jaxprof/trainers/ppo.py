@@ -98,6 +98,13 @@ def targets(ppo_config, scores: np.ndarray, mask: np.ndarray, kl: jax.Array,
   return advantages, returns, np.asarray(value_mask)
 
 
+def critic_optimizer(config):
+  """The critic's AdamW: config.rl.optim's schedule and steps at ppo.critic_lr."""
+  optim = config.rl.optim.copy_and_resolve_references()
+  optim.lr = config.ppo.critic_lr
+  return common.make_optimizer(optim, rollout.updates_per_step(config.rl))
+
+
 class Critic(NamedTuple):
   """The value network: a causal-LM backbone config and {"backbone", "head"} params."""
 
@@ -118,9 +125,7 @@ def build(config, start: policy.Start, critic: Critic, prompt_batch: PromptBatch
   critic_cfg = critic.cfg
   rl, ro_cfg, ppo = config.rl, config.rollout, config.ppo
   tx = common.make_optimizer(rl.optim, rollout.updates_per_step(rl))
-  critic_optim = rl.optim.copy_and_resolve_references()
-  critic_optim.lr = ppo.critic_lr
-  critic_tx = common.make_optimizer(critic_optim, rollout.updates_per_step(rl))
+  critic_tx = critic_optimizer(config)
   pol, pol_sh = common.create_state(start.trainable, start.axes, tx, mesh, config.mesh.rules)
   crit, crit_sh = common.create_state(critic.params, heads.scored_model_axes(critic_cfg),
                                       critic_tx, mesh, config.mesh.rules)
