@@ -286,6 +286,28 @@ def mrr(ranks: jax.Array) -> jax.Array:
       jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnames="num_items")
+def log_rank(ranks: jax.Array, num_items: int) -> jax.Array:
+  """Per-user mean over targets of 1 - ln(rank) / ln(num_items): 1 at rank 1, 0 at the last rank.
+
+  A dense ranking score: unlike NDCG@k it moves at every rank, and unlike MRR it weighs a move
+  from rank 400 to 200 as much as one from 4 to 2 (equal ratios), so a profile that lifts a
+  target from the middle of a large catalogue is rewarded too.
+
+  Args:
+    ranks: [U] or [U, K] from `rank_of_targets` (0 = padding).
+    num_items: the catalogue size (> 1).
+  Returns:
+    [U] float32; 0 for users without targets.
+  """
+  ranks = _as_2d(ranks)
+  valid = ranks > 0
+  score = 1.0 - jnp.log(jnp.maximum(ranks, 1).astype(jnp.float32)) / jnp.log(float(num_items))
+  n = valid.sum(axis=1)
+  total = jnp.where(valid, score, 0.0).sum(axis=1)
+  return jnp.where(n > 0, total / jnp.maximum(n, 1), 0.0).astype(jnp.float32)
+
+
 def ranking_metrics(
     scores: jax.Array,
     targets: jax.Array,

@@ -1,7 +1,7 @@
 """Embedding rewards: the completion (a text profile) is embedded and compared with item texts.
 
 * `embedding_contrastive`: InfoNCE log-probability of the next item among sampled negatives.
-* `retrieval_ranking`: NDCG@k / MRR / Recall@k of held-out items, full catalogue.
+* `retrieval_ranking`: NDCG@k / MRR / Recall@k / log-rank of held-out items, full catalogue.
 * `next_item_supervision` (a text-space next-item signal): cosine to the next item's text, plus the
   target text the trainer uses for its auxiliary next-item NLL.
 
@@ -40,7 +40,7 @@ from jaxprof.rewards.base import (
   valid_texts,
 )
 
-METRICS = ("ndcg", "mrr", "recall")
+METRICS = ("ndcg", "mrr", "recall", "log_rank")
 _LENGTH_STEP = 32
 
 
@@ -199,6 +199,8 @@ def _retrieval_batch(params, cfg, ids, mask, item_emb, targets, exclude, metric,
     return metrics.ndcg_at_k(ranks, k)
   if metric == "recall":
     return metrics.recall_at_k(ranks, k)
+  if metric == "log_rank":
+    return metrics.log_rank(ranks, item_emb.shape[0])
   return metrics.mrr(ranks)
 
 
@@ -209,8 +211,9 @@ def retrieval_ranking(encoder: TextEncoder, item_texts: Sequence[str] | None,
                       precomputed_items: np.ndarray | None = None) -> RewardFn:
   """Retrieval reward: rank the full catalogue by cos(e_profile, e_item), history masked.
 
-  r = NDCG@k (binary relevance, ideal DCG of min(n, k) hits), MRR (1 / best rank, no cut-off) or
-  Recall@k of the row's held-out `target_items`, with ranks from `recsys.metrics.rank_of_targets`
+  r = NDCG@k (binary relevance, ideal DCG of min(n, k) hits), MRR (1 / best rank, no cut-off),
+  Recall@k or log_rank (mean of 1 - ln(rank) / ln(I) over targets, `metrics.log_rank`) of the
+  row's held-out `target_items`, with ranks from `recsys.metrics.rank_of_targets`
   (pessimistic ties; history items are removed as competitors, targets are always ranked). r is in
   [0, 1]; a held-out item ranked first gives NDCG = MRR = 1. `precomputed_items` [I, D] replaces
   embedding `item_texts`.

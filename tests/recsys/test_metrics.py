@@ -215,3 +215,13 @@ def test_graded_ndcg_matches_sklearn_and_breaks_ties_pessimistically():
   assert np.isnan(metrics.graded_ndcg(np.ones((1, 3)), np.zeros((1, 3)))[0])
   with pytest.raises(ValueError, match="same"):
     metrics.graded_ndcg(np.ones((2, 3)), np.ones((2, 4)))
+
+
+def test_log_rank_ends_padding_and_order():
+  ranks = np.array([[1, 0], [100, 0], [100, 1], [0, 0]], np.int32)  # 0 = padding
+  got = np.asarray(metrics.log_rank(ranks, 100))
+  np.testing.assert_allclose(got, [1.0, 0.0, 0.5, 0.0], atol=1e-6)
+  # strictly better for every halving of the rank, by the same amount (log scale)
+  steps = np.diff(np.asarray(metrics.log_rank(np.array([400, 200, 100, 4, 2]), 1682)))
+  assert (steps[[0, 1, 3]] > 0).all()
+  np.testing.assert_allclose(steps[0], steps[3], rtol=1e-5)

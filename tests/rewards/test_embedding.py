@@ -118,7 +118,7 @@ def test_retrieval_matches_numpy_reference():
   hist = [[1, 3], [12, 13, 14], [], [5]]
   got = {m: retrieval_ranking(enc, ITEMS, metric=m, k=5)(
       make_batch(profiles, target_items=targets, history_items=hist))
-      for m in ("ndcg", "mrr", "recall")}
+      for m in ("ndcg", "mrr", "recall", "log_rank")}
   scores = enc.embed(profiles) @ enc.embed(ITEMS).T
   for r in range(4):
     ranks = []
@@ -132,6 +132,8 @@ def test_retrieval_matches_numpy_reference():
     assert got["ndcg"][r] == pytest.approx(dcg / idcg, abs=1e-5)
     assert got["mrr"][r] == pytest.approx(1 / min(ranks), abs=1e-5)
     assert got["recall"][r] == pytest.approx(np.mean([k <= 5 for k in ranks]))
+    log_rank = np.mean([1 - np.log(k) / np.log(len(ITEMS)) for k in ranks])
+    assert got["log_rank"][r] == pytest.approx(log_rank, abs=1e-5)
 
 
 def test_bad_columns_name_column_and_row():
