@@ -86,16 +86,19 @@ def _label(metric: str, k: int) -> str:
 
 def separation(system, rows, titles: int) -> None:
   specific = ["; ".join(r["history_text"][-titles:]) for r in rows]
-  cols = {k: [r[k] for r in rows] for k in ("history_items", "target_items")}
+  cols = {k: [r[k] for r in rows] for k in system.columns}
   print(f"{len(rows)} users: the last {titles} title(s) vs a generic profile, validation item")
   print("| metric | mean diff / sd | specific higher | lower | equal |")
   print("|---|---|---|---|---|")
-  for metric, k in METRICS:
-    reward = registry.make_reward("retrieval_ranking", encoder=system.encoder,
-                                  item_texts=system.item_texts, metric=metric, k=k)
+  scorers = {_label(m, k): registry.make_reward("retrieval_ranking", encoder=system.encoder,
+                                                item_texts=system.item_texts, metric=m, k=k)
+             for m, k in METRICS}
+  config_reward = system.reward({})
+  scorers["the config's reward"] = lambda batch: config_reward.evaluate(batch)[0]
+  for label, reward in scorers.items():
     d = (np.asarray(reward(texts_batch(specific, cols)), np.float64)
          - np.asarray(reward(texts_batch([GENERIC] * len(rows), cols)), np.float64))
-    print(f"| {_label(metric, k)} | {d.mean() / d.std():+.3f} | {np.mean(d > 0):.2f} | "
+    print(f"| {label} | {d.mean() / d.std():+.3f} | {np.mean(d > 0):.2f} | "
           f"{np.mean(d < 0):.2f} | {np.mean(d == 0):.2f} |")
 
 
