@@ -79,7 +79,6 @@ def main() -> None:
           f"{np.nanmean(r.std(1)):.4f} |")
 
 
-
 def _label(metric: str, k: int) -> str:
   return {"mrr": "MRR", "log_rank": "log-rank"}.get(metric, f"{metric.upper()}@{k}")
 

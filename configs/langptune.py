@@ -16,7 +16,10 @@ standard deviations of the paired difference under log-rank and by 0.17 under MR
 0.17, NDCG@100 0.25; `python -m bench.reward_signal --separation --users=512`): each GRPO
 comparison carries about twice the signal, because MRR hardly moves below the top 50.
 lr 2e-5 (profile_rl's 1e-5 left LangPTune's policy a few words from the start in 20 steps,
-per-token KL 0.017; results/langptune at 72e470c). The eval
+per-token KL 0.017; results/langptune at 72e470c). What the default run showed
+(results/langptune at 4db364b): the held-out reward rose (0.188 -> 0.203) and the truth did not,
+as the profiles turned into catalogue-style "Title (year) - genres" lines with mostly invented
+titles, a form that sits near every item in MiniLM's space. The eval
 stage ranks the held-out *test* item (history + validation item masked) with profiles from the
 policy before and after RL. The public LangPTune code uses a sequence-level KL; here the KL is
 per token inside the GRPO loss (k3), which has the same fixed point.

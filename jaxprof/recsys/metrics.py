@@ -288,7 +288,7 @@ def mrr(ranks: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames="num_items")
 def log_rank(ranks: jax.Array, num_items: int) -> jax.Array:
-  """Per-user mean over targets of 1 - ln(rank) / ln(num_items): 1 at rank 1, 0 at the last rank.
+  """Per-user mean over targets of 1 - ln(rank) / ln(num_items): 1 at rank 1, 0 at rank num_items.
 
   A dense ranking score: unlike NDCG@k it moves at every rank, and unlike MRR it weighs a move
   from rank 400 to 200 as much as one from 4 to 2 (equal ratios), so a profile that lifts a
