@@ -14,7 +14,8 @@ reward and the mean within-group spread.
 `--separation` writes no profile with the policy. For each of the first `--users` RL rows it
 scores two hand-written texts against the row's held-out item: a generic profile (the start
 policy's typical opening, the same for everyone) and a specific one (the titles of the user's
-last `--titles` movies). Per metric it prints the mean paired difference over its standard
+last `--titles` movies, or `--text` for everyone: e.g. a profile RL wrote, to see whether a
+reward pays for its form alone). Per metric it prints the mean paired difference over its standard
 deviation (a per-sample signal-to-noise ratio: what one GRPO comparison can tell), and the share
 of users where the specific text scores higher, lower or the same.
 """
@@ -47,13 +48,15 @@ def main() -> None:
   parser.add_argument("--users", type=int, default=32)
   parser.add_argument("--separation", action="store_true")
   parser.add_argument("--titles", type=int, default=1)
+  parser.add_argument("--text", default="", help="with --separation: this text for every user "
+                      "instead of the last titles (e.g. a profile RL produced)")
   args = parser.parse_args()
   name, _, variant = args.config.removeprefix("configs/").partition(".py")
   config = importlib.import_module(f"configs.{name}").get_config(variant.removeprefix(":"))
   system = systems.get(config)
   rows = system.rl_rows("train")[:args.users]
   if args.separation:
-    separation(system, rows, args.titles)
+    separation(system, rows, args.titles, args.text)
     return
   g = int(config.rollout.group_size)
   ctx = evaluation.Context(config, system, {"start": config.model.path}, {},
@@ -83,10 +86,12 @@ def _label(metric: str, k: int) -> str:
   return {"mrr": "MRR", "log_rank": "log-rank"}.get(metric, f"{metric.upper()}@{k}")
 
 
-def separation(system, rows, titles: int) -> None:
-  specific = ["; ".join(r["history_text"][-titles:]) for r in rows]
+def separation(system, rows, titles: int, text: str = "") -> None:
+  specific = ([text] * len(rows) if text else
+              ["; ".join(r["history_text"][-titles:]) for r in rows])
   cols = {k: [r[k] for r in rows] for k in system.columns}
-  print(f"{len(rows)} users: the last {titles} title(s) vs a generic profile, validation item")
+  what = f"{text[:60]!r}..." if text else f"the last {titles} title(s)"
+  print(f"{len(rows)} users: {what} vs a generic profile, validation item")
   print("| metric | mean diff / sd | specific higher | lower | equal |")
   print("|---|---|---|---|---|")
   scorers = {_label(m, k): registry.make_reward("retrieval_ranking", encoder=system.encoder,

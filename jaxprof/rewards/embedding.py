@@ -190,25 +190,47 @@ def embedding_contrastive(encoder: TextEncoder, item_texts: Sequence[str] | None
 # --------------------------------------------------------------------------------- retrieval
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "metric", "k"))
-def _retrieval_batch(params, cfg, ids, mask, item_emb, targets, exclude, metric, k):
-  profile = bert.embed(params, cfg, ids, mask)
-  scores = profile @ item_emb.T  # [B', I] cosine: both sides are L2-normalised
-  ranks = metrics.rank_of_targets(scores, targets, exclude)
+def _metric(ranks: jax.Array, metric: str, k: int, num_items: int) -> jax.Array:
+  """[U] the ranking metric of 1-based `ranks` [U] or [U, K] (0 = padding)."""
   if metric == "ndcg":
     return metrics.ndcg_at_k(ranks, k)
   if metric == "recall":
     return metrics.recall_at_k(ranks, k)
   if metric == "log_rank":
-    return metrics.log_rank(ranks, item_emb.shape[0])
+    return metrics.log_rank(ranks, num_items)
   return metrics.mrr(ranks)
+
+
+def _every_rank(scores: jax.Array, exclude: jax.Array) -> jax.Array:
+  """[B, I] int32: each item's 1-based rank by `scores` [B, I] among the items not in `exclude`
+  [B, I] bool (ties broken by position; excluded items rank below all others)."""
+  order = jnp.argsort(-jnp.where(exclude, -jnp.inf, scores), axis=1, stable=True)
+  positions = jnp.broadcast_to(jnp.arange(1, scores.shape[1] + 1, dtype=jnp.int32), scores.shape)
+  return jnp.zeros_like(positions).at[jnp.arange(scores.shape[0])[:, None], order].set(positions)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "metric", "k"))
+def _retrieval_batch(params, cfg, ids, mask, item_emb, targets, exclude, reference, metric, k):
+  profile = bert.embed(params, cfg, ids, mask)
+  scores = profile @ item_emb.T  # [B', I] cosine: both sides are L2-normalised
+  num_items = item_emb.shape[0]
+  own = _metric(metrics.rank_of_targets(scores, targets, exclude), metric, k, num_items)
+  if reference is None:
+    return own
+  # What an average user's item would score: the metric of every item, weighted by `reference`
+  # over the items outside the row's history.
+  every = _metric(_every_rank(scores, exclude).reshape(-1), metric, k, num_items)
+  weights = jnp.where(exclude, 0.0, reference[None, :])
+  weights = weights / jnp.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+  return own - jnp.sum(weights * every.reshape(scores.shape), axis=1)
 
 
 def retrieval_ranking(encoder: TextEncoder, item_texts: Sequence[str] | None,
                       metric: str = "ndcg", k: int = 10, target_column: str = "target_items",
                       history_column: str | None = "history_items",
                       on_invalid: float | None = None,
-                      precomputed_items: np.ndarray | None = None) -> RewardFn:
+                      precomputed_items: np.ndarray | None = None,
+                      reference: np.ndarray | None = None) -> RewardFn:
   """Retrieval reward: rank the full catalogue by cos(e_profile, e_item), history masked.
 
   r = NDCG@k (binary relevance, ideal DCG of min(n, k) hits), MRR (1 / best rank, no cut-off),
@@ -217,6 +239,12 @@ def retrieval_ranking(encoder: TextEncoder, item_texts: Sequence[str] | None,
   (pessimistic ties; history items are removed as competitors, targets are always ranked). r is in
   [0, 1]; a held-out item ranked first gives NDCG = MRR = 1. `precomputed_items` [I, D] replaces
   embedding `item_texts`.
+
+  `reference` [I] (non-negative item weights, e.g. item popularity) makes the reward relative:
+  r = m(the row's targets) - sum_i w_i m(item i), with w the reference renormalised over the items
+  outside the row's history, in [-1, 1]. The second term is what the profile gives an item drawn
+  from the reference (an average user's item), so a text that lifts every item alike (a generic
+  or catalogue-like profile) gains nothing and only what singles out this user's item pays.
   """
   if metric not in METRICS:
     raise ValueError(f"retrieval_ranking: metric {metric!r} not in {METRICS}")
@@ -225,6 +253,12 @@ def retrieval_ranking(encoder: TextEncoder, item_texts: Sequence[str] | None,
   item_emb = item_embeddings(encoder, item_texts, precomputed_items)
   num_items = item_emb.shape[0]
   name = "retrieval_ranking"
+  if reference is not None:
+    reference = np.asarray(reference, np.float32)
+    if reference.shape != (num_items,) or (reference < 0).any() or reference.sum() <= 0:
+      raise ValueError(f"retrieval_ranking: reference must be {num_items} non-negative item "
+                       f"weights with a positive sum; got shape {reference.shape}")
+    reference = jnp.asarray(reference)
 
   def reward(batch: RewardBatch) -> Rewards:
     tgt = int_entries(batch.column(target_column, name), target_column, num_items, name)
@@ -243,7 +277,7 @@ def retrieval_ranking(encoder: TextEncoder, item_texts: Sequence[str] | None,
     targets[batch.size:, 0] = 0  # padding rows rank item 0 (discarded)
     ids, mask, valid = tokenize_bucketed(encoder, batch.completions)
     out = _retrieval_batch(encoder.params, encoder.cfg, ids, mask, item_emb, targets, exclude,
-                           metric, k)
+                           reference, metric, k)
     return to_rewards(np.asarray(out)[:batch.size], valid, on_invalid)
 
   return reward

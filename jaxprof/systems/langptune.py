@@ -66,8 +66,16 @@ class System(base.System):
     """An encoder no reward uses (paraphrase-MiniLM-L3-v2), for evaluation only."""
     return TextEncoder.packaged_paraphrase_minilm()
 
+  @functools.cached_property
+  def target_counts(self) -> np.ndarray:
+    """[I] float32: how often each item is an RL row's held-out target (training split): the
+    distribution of an average user's held-out item, a relative reward's `reference`."""
+    rows = self.rl_rows("train")
+    return baselines.item_counts([r["target_items"] for r in rows], len(self.item_texts))
+
   def resources(self, inputs):
-    return {"encoder": self.encoder, "item_texts": self.item_texts}
+    return {"encoder": self.encoder, "item_texts": self.item_texts,
+            "target_counts": self.target_counts}
 
   def ranks(self, rows: Sequence[base.Row], texts: Sequence[str],
             encoder: TextEncoder | None = None) -> np.ndarray:

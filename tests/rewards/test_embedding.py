@@ -136,6 +136,50 @@ def test_retrieval_matches_numpy_reference():
     assert got["log_rank"][r] == pytest.approx(log_rank, abs=1e-5)
 
 
+def _numpy_ranks(scores: np.ndarray, hist: list[int]) -> np.ndarray:
+  """[I] each item's 1-based rank among the items outside `hist` (no ties in these scores)."""
+  rank = np.zeros(len(scores), int)
+  kept = [i for i in range(len(scores)) if i not in hist]
+  for pos, i in enumerate(sorted(kept, key=lambda i: -scores[i])):
+    rank[i] = pos + 1
+  return rank
+
+
+@pytest.mark.parametrize("metric", ["log_rank", "mrr", "ndcg"])
+def test_relative_retrieval_matches_numpy_reference(metric):
+  enc = tiny_encoder()
+  profiles = ["ghost storm drama", ITEMS[11], "war road western night"]
+  targets, hist = [[2], [11], [30]], [[1, 3], [12, 13, 14], []]
+  reference = np.arange(len(ITEMS), dtype=np.float32) % 3  # items 0, 3, 6, ... weigh nothing
+  got = retrieval_ranking(enc, ITEMS, metric=metric, k=5, reference=reference)(
+      make_batch(profiles, target_items=targets, history_items=hist))
+  plain = retrieval_ranking(enc, ITEMS, metric=metric, k=5)(
+      make_batch(profiles, target_items=targets, history_items=hist))
+  scores = enc.embed(profiles) @ enc.embed(ITEMS).T
+  m = {"log_rank": lambda k: 1 - np.log(k) / np.log(len(ITEMS)), "mrr": lambda k: 1 / k,
+       "ndcg": lambda k: (k <= 5) / np.log2(k + 1)}[metric]
+  for r in range(3):
+    w = reference.copy()
+    w[hist[r]] = 0
+    ranks = _numpy_ranks(scores[r], hist[r])
+    expected = plain[r] - sum(w[i] / w.sum() * m(ranks[i]) for i in np.flatnonzero(w))
+    assert got[r] == pytest.approx(expected, abs=1e-5)
+
+
+def test_relative_retrieval_gives_a_user_independent_text_zero_on_average():
+  """With the targets' own distribution as the reference, one text for every user earns exactly
+  0 on average (no history masked): only what singles out each user's item pays."""
+  targets = [[2], [2], [9], [17], [30], [30], [30]]
+  reference = np.bincount([t[0] for t in targets], minlength=len(ITEMS)).astype(np.float32)
+  fn = retrieval_ranking(tiny_encoder(), ITEMS, metric="log_rank", reference=reference)
+  for text in ("a generic profile of a movie lover", ITEMS[30]):
+    got = fn(make_batch([text] * len(targets), target_items=targets,
+                        history_items=[[]] * len(targets)))
+    assert np.mean(got) == pytest.approx(0.0, abs=1e-5)
+  with pytest.raises(ValueError, match="reference"):
+    retrieval_ranking(tiny_encoder(), ITEMS, reference=np.ones(3))
+
+
 def test_bad_columns_name_column_and_row():
   fn = retrieval_ranking(tiny_encoder(), ITEMS)
   with pytest.raises(ColumnError, match="no column 'target_items'"):
