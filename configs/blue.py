@@ -48,9 +48,14 @@ import ml_collections
 
 from configs import common
 
+# How the contrastive reward's negatives are drawn (module docstring).
+NEGATIVES = {"held_out": dict(negative_weights="@target_counts"), "uniform": {}}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, tiny=False, seed=0, lora=0)
+  arg = common.parse_arg(arg, tiny=False, seed=0, lora=0, negatives="held_out")
+  if arg.negatives not in NEGATIVES:
+    raise ValueError(f"blue negatives={arg.negatives!r}; expected one of {NEGATIVES}")
   config = common.run_config("blue", arg.seed)
   config.stages = ("grpo", "eval")
   config.data = common.movielens_data(arg.seed)
@@ -60,7 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rewards = dict(
       contrastive=common.reward("embedding_contrastive", 1.0, encoder="@encoder",
                                 item_texts="@item_texts", temperature=1.0, num_negatives=31,
-                                seed=arg.seed))
+                                seed=arg.seed,
+                                **NEGATIVES[arg.negatives]))
   if arg.tiny:
     common.shrink_for_tests(config)
     config.eval.evaluators.recommenders.sasrec_epochs = 1

@@ -28,7 +28,12 @@ item pays (the paper's "too generic to tell Star Wars from Interstellar"). Measu
 `bench.reward_signal --separation --users=512 [--text=...]` on training users' validation items:
 last title vs generic profile 0.37 sd (absolute log-rank 0.33); two of that run's RL profiles,
 given to every user, vs the generic one: +0.015 and -0.037 (absolute log-rank +0.052 and +0.208,
-which paid for the form). The eval
+which paid for the form). The run with it at f73445c (results/langptune/ablation_relative)
+copied the head of the prompt instead: the user's age and sex, repeated ("24-year-old male,
+22-year-old male, ..."), and its truth fell (MRR -0.006 [-0.013, -0.001]). Hence the prompt lists
+the movies most recent first, the user's description after them (`:newest=0` for the old
+order): what a policy copies from the head of its prompt is then the user's latest movie, the
+text that scores 2.8x the zero-shot profile's Recall@10 (results/langptune/README.md). The eval
 stage ranks the held-out *test* item (history + validation item masked) with profiles from the
 policy before and after RL. The public LangPTune code uses a sequence-level KL; here the KL is
 per token inside the GRPO loss (k3), which has the same fixed point.
@@ -40,13 +45,15 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, tiny=False, seed=0, metric="", lora=0, relative=True)
+  arg = common.parse_arg(arg, tiny=False, seed=0, metric="", lora=0, relative=True,
+                         newest=True)
   # NDCG@10 of one item among 1,682 is 0 for almost every profile, so GRPO's updates would all be
   # zero; the log-rank gives every group a spread and twice MRR's signal (module docstring).
   metric = arg.metric or "log_rank"
   config = common.run_config("langptune", arg.seed)
   config.stages = ("grpo", "eval")
   config.data = common.movielens_data(arg.seed)
+  config.data.newest_first = bool(arg.newest)  # the prompt lists the most recent movie first
   config.model = common.model_config("packaged", lora_rank=arg.lora)
   common.profile_rl(config)
   config.rl.optim.lr = 2e-5

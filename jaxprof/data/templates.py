@@ -104,12 +104,20 @@ def cv_to_jd_prompt(cv: str) -> list[dict[str, str]]:
 
 
 def history_profile_prompt(item_texts: Sequence[str], user_text: str = "",
-                           max_items: int = 30) -> list[dict[str, str]]:
-  """LangPTune / BLUE: a user's taste profile from their items (oldest first, last `max_items`)."""
-  items = "\n".join(f"- {t}" for t in list(item_texts)[-max_items:])
+                           max_items: int = 30, newest_first: bool = False
+                           ) -> list[dict[str, str]]:
+  """LangPTune / BLUE: a user's taste profile from their last `max_items` items, oldest first
+  after the user's description, or (`newest_first`) most recent first, the description after."""
+  items = list(item_texts)[-max_items:]
   about = f"About the user: {user_text}.\n" if user_text else ""
-  return _chat(f"{about}Movies the user watched, oldest first:\n{items}\n\nWrite a short profile "
-               "of this user's movie tastes that would help recommend the next movie.")
+  if newest_first:
+    listed = "\n".join(f"- {t}" for t in reversed(items))
+    head = f"Movies the user watched, most recent first:\n{listed}\n\n{about}"
+  else:
+    listed = "\n".join(f"- {t}" for t in items)
+    head = f"{about}Movies the user watched, oldest first:\n{listed}\n"
+  return _chat(f"{head}\nWrite a short profile of this user's movie tastes that would help "
+               "recommend the next movie.")
 
 
 def member_sources_text(record: dict, include_skipped: bool = False) -> str:

@@ -114,8 +114,11 @@ def _contrastive_batch(params, cfg, ids, mask, item_emb, cand, temperature):
 
 
 def sample_negatives(num_items: int, positive: int, exclude: np.ndarray, num_negatives: int,
-                     seed: int, key: str, row: int = 0) -> np.ndarray:
-  """[K] distinct items drawn uniformly from the catalogue minus {positive} and `exclude`.
+                     seed: int, key: str, row: int = 0, weights: np.ndarray | None = None
+                     ) -> np.ndarray:
+  """[K] distinct items from the catalogue minus {positive} and `exclude`: drawn uniformly, or
+  with probability proportional to `weights` [I] (then, if fewer than K allowed items have a
+  positive weight, all of those and the rest uniformly from the other allowed items).
 
   The generator is seeded by (seed, crc32(key), positive): the same prompt always sees the same
   negatives, so the G completions of one prompt are compared on equal terms.
@@ -128,7 +131,14 @@ def sample_negatives(num_items: int, positive: int, exclude: np.ndarray, num_neg
     raise ColumnError(f"row {row}: only {len(pool)} items are left for {num_negatives} negatives "
                       "after removing the positive and history")
   rng = np.random.default_rng([seed, zlib.crc32(key.encode("utf-8", "replace")), positive])
-  return rng.choice(pool, num_negatives, replace=False)
+  if weights is None:
+    return rng.choice(pool, num_negatives, replace=False)
+  w = np.asarray(weights, np.float64)[pool]
+  weighted = pool[w > 0]
+  if len(weighted) <= num_negatives:
+    rest = rng.choice(pool[w <= 0], num_negatives - len(weighted), replace=False)
+    return np.concatenate([weighted, rest])
+  return rng.choice(weighted, num_negatives, replace=False, p=w[w > 0] / w[w > 0].sum())
 
 
 def embedding_contrastive(encoder: TextEncoder, item_texts: Sequence[str] | None,
@@ -137,7 +147,8 @@ def embedding_contrastive(encoder: TextEncoder, item_texts: Sequence[str] | None
                           history_column: str | None = "history_items",
                           negatives_column: str | None = None,
                           on_invalid: float | None = None,
-                          precomputed_items: np.ndarray | None = None) -> RewardFn:
+                          precomputed_items: np.ndarray | None = None,
+                          negative_weights: np.ndarray | None = None) -> RewardFn:
   """Contrastive reward: r = log softmax_{c in {pos} u negs}(cos(e_profile, e_c) / tau) at pos.
 
   jaxprof's definition (systems/blue.py: the paper does not fix one): K = `num_negatives` items
@@ -145,6 +156,10 @@ def embedding_contrastive(encoder: TextEncoder, item_texts: Sequence[str] | None
   per prompt, see `sample_negatives`), or taken from `negatives_column` when the data set provides
   them. r is in [-inf, 0]; a profile that puts the positive far above every negative earns ~0, an
   uninformative one log(1 / (K + 1)). `precomputed_items` [I, D] replaces embedding `item_texts`.
+  `negative_weights` [I] (non-negative) draws the negatives in proportion to them instead of
+  uniformly, e.g. from the distribution of held-out items (what in-batch negatives do): then a
+  profile cannot win by preferring the kind of item users hold out (popular, recent) over the
+  catalogue's long tail, only by preferring this user's item over other users' items.
   """
   if temperature <= 0:
     raise ValueError(f"embedding_contrastive: temperature={temperature} must be > 0")
@@ -154,6 +169,13 @@ def embedding_contrastive(encoder: TextEncoder, item_texts: Sequence[str] | None
     raise ValueError(f"embedding_contrastive: num_negatives={num_negatives} must be in "
                      f"[1, {num_items})")
   name = "embedding_contrastive"
+  if negative_weights is not None:
+    negative_weights = np.asarray(negative_weights, np.float64)
+    if (negative_weights.shape != (num_items,) or (negative_weights < 0).any()
+        or negative_weights.sum() <= 0):
+      raise ValueError(f"embedding_contrastive: negative_weights must be {num_items} "
+                       f"non-negative item weights with a positive sum; got shape "
+                       f"{negative_weights.shape}")
 
   def reward(batch: RewardBatch) -> Rewards:
     pos = int_entries(batch.column(positive_column, name), positive_column, num_items, name)
@@ -176,7 +198,8 @@ def embedding_contrastive(encoder: TextEncoder, item_texts: Sequence[str] | None
       else:
         key = (str(batch.prompts[r]), p)
         if key not in memo:
-          memo[key] = sample_negatives(num_items, p, hist[r], num_negatives, seed, key[0], r)
+          memo[key] = sample_negatives(num_items, p, hist[r], num_negatives, seed, key[0], r,
+                                       negative_weights)
         negs = memo[key]
       cand[r, 0], cand[r, 1:] = p, negs
     ids, mask, valid = tokenize_bucketed(encoder, batch.completions)

@@ -42,8 +42,10 @@ class System(base.System):
   columns = ("history_items", "target_items", "positive_item", "target_text")
 
   def prompt(self, row):
+    data = self.config.data
     return templates.history_profile_prompt(row["history_text"], row["user_text"],
-                                            max_items=self.config.data.max_history)
+                                            max_items=data.max_history,
+                                            newest_first=data.get("newest_first", False))
 
   def rl_rows(self, part):
     rows = super().rl_rows(part)

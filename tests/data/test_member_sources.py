@@ -40,3 +40,9 @@ def test_prompts():
   assert [m["role"] for m in msgs] == ["system", "user"] and cv.strip() in msgs[1]["content"]
   msgs = templates.history_profile_prompt(["A (1995) - Drama", "B (1996) - Comedy"], "a user")
   assert "B (1996) - Comedy" in msgs[1]["content"]
+  old = templates.history_profile_prompt(["A", "B", "C"], "a user", max_items=2)[1]["content"]
+  assert old.index("About the user") < old.index("- B\n- C\n") and "- A" not in old
+  new = templates.history_profile_prompt(["A", "B", "C"], "a user", max_items=2,
+                                         newest_first=True)[1]["content"]
+  assert new.index("most recent first:\n- C\n- B\n") < new.index("About the user: a user.")
+  assert "- A" not in new and new.endswith(old[old.index("Write"):])

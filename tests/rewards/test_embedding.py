@@ -84,6 +84,25 @@ def test_negatives_exclude_positive_and_history_and_are_seeded():
     sample_negatives(40, 5, exclude, 25, seed=0, key="u", row=4)
 
 
+def test_weighted_negatives_follow_the_weights():
+  exclude = np.arange(10, 30)
+  weights = np.zeros(40)
+  weights[[0, 1, 2, 3, 5, 12, 33, 34, 35, 36]] = [8, 1, 1, 1, 9, 9, 1, 1, 1, 1]
+  draws = [sample_negatives(40, 5, exclude, 4, seed=0, key=f"user {u}", weights=weights)
+           for u in range(400)]
+  # only allowed items with weight are drawn: 0-3 and 33-36 (5 is the positive, 12 history)
+  assert set(np.concatenate(draws)) == {0, 1, 2, 3, 33, 34, 35, 36}
+  share = np.mean([0 in d for d in draws])  # weight 8 of 15 among 7 weight-1 competitors
+  assert share > 0.85
+  few = sample_negatives(40, 5, exclude, 12, seed=0, key="u", weights=weights)
+  assert {0, 1, 2, 3, 33, 34, 35, 36} <= set(few) and len(set(few)) == 12
+  assert not set(few) & (set(exclude) | {5})
+  np.testing.assert_array_equal(few, sample_negatives(40, 5, exclude, 12, seed=0, key="u",
+                                                      weights=weights))
+  with pytest.raises(ValueError, match="negative_weights"):
+    embedding_contrastive(tiny_encoder(), ITEMS, negative_weights=-np.ones(len(ITEMS)))
+
+
 def test_contrastive_loss_is_minus_mean_reward_and_differentiable():
   enc = tiny_encoder()
   item = jnp.asarray(enc.embed(ITEMS))
