@@ -1,6 +1,7 @@
 r"""BLUE: a profiler LLM rewarded by an embedding model: the profile should sit near the next item.
 
   python -m jaxprof.train --config=configs/blue.py --workdir=runs/blue
+  python -m jaxprof.train --config=configs/blue.py:negatives=held_out --workdir=runs/blue_ho
   python -m jaxprof.train --config=configs/blue.py:tiny --workdir=/tmp/blue_tiny
 
 Reward (jaxprof's definition; BLUE does not fix one formula): the InfoNCE log-probability of the
@@ -9,7 +10,9 @@ next item among 32 candidates, cos(profile, item) / 1.0 with the frozen MiniLM
 catalogue minus the next item and minus every item of the user's history, with a generator seeded
 by (seed, prompt, next item): the G profiles of one prompt face the same negatives, and a prompt
 faces the same ones at every step. The reward is in [-inf, 0]; an uninformative profile earns
-log(1/32) = -3.47.
+log(1/32) = -3.47. `:negatives=held_out` draws them instead in proportion to how often each item
+is a training user's held-out item (what in-batch negatives do), so that preferring the kind of
+item users hold out (popular, recent) over the long tail pays nothing; not yet run.
 
 Why temperature 1.0, not the 0.05 usual for training embedders: on the validation item of 512
 training users, a profile naming the user's last movie and a generic profile earned the same
@@ -53,7 +56,7 @@ NEGATIVES = {"held_out": dict(negative_weights="@target_counts"), "uniform": {}}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, tiny=False, seed=0, lora=0, negatives="held_out")
+  arg = common.parse_arg(arg, tiny=False, seed=0, lora=0, negatives="uniform")
   if arg.negatives not in NEGATIVES:
     raise ValueError(f"blue negatives={arg.negatives!r}; expected one of {NEGATIVES}")
   config = common.run_config("blue", arg.seed)
