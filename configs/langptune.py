@@ -33,7 +33,10 @@ copied the head of the prompt instead: the user's age and sex, repeated ("24-yea
 22-year-old male, ..."), and its truth fell (MRR -0.006 [-0.013, -0.001]). Hence the prompt lists
 the movies most recent first, the user's description after them (`:newest=0` for the old
 order): what a policy copies from the head of its prompt is then the user's latest movie, the
-text that scores 2.8x the zero-shot profile's Recall@10 (results/langptune/README.md). The eval
+text that scores 2.8x the zero-shot profile's Recall@10 (results/langptune/README.md). The default
+run at adb7b2a (results/langptune): the reordered prompt lifted the zero-shot profile's Recall@10
+from 0.016 to 0.029, and RL added +6.7% [-41%, +89%] (+38.5% [-20%, +178%] under the second
+encoder), its profiles naming the user's real recent titles; not significant. The eval
 stage ranks the held-out *test* item (history + validation item masked) with profiles from the
 policy before and after RL. The public LangPTune code uses a sequence-level KL; here the KL is
 per token inside the GRPO loss (k3), which has the same fixed point.
