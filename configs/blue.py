@@ -56,12 +56,14 @@ NEGATIVES = {"held_out": dict(negative_weights="@target_counts"), "uniform": {}}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, tiny=False, seed=0, lora=0, negatives="uniform")
+  arg = common.parse_arg(arg, tiny=False, seed=0, lora=0, negatives="held_out",
+                         newest=True)
   if arg.negatives not in NEGATIVES:
     raise ValueError(f"blue negatives={arg.negatives!r}; expected one of {NEGATIVES}")
   config = common.run_config("blue", arg.seed)
   config.stages = ("grpo", "eval")
   config.data = common.movielens_data(arg.seed)
+  config.data.newest_first = bool(arg.newest)  # most recent movie first (configs/langptune.py)
   config.model = common.model_config("packaged", lora_rank=arg.lora)
   common.profile_rl(config)
   config.rl.aux_nll.update(coef=0.1, column="next_item_text", after="completion")
