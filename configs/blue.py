@@ -1,18 +1,25 @@
 r"""BLUE: a profiler LLM rewarded by an embedding model: the profile should sit near the next item.
 
   python -m jaxprof.train --config=configs/blue.py --workdir=runs/blue
-  python -m jaxprof.train --config=configs/blue.py:negatives=held_out --workdir=runs/blue_ho
+  python -m jaxprof.train --config=configs/blue.py:negatives=uniform,newest=0 --workdir=runs/blue_u
   python -m jaxprof.train --config=configs/blue.py:tiny --workdir=/tmp/blue_tiny
 
 Reward (jaxprof's definition; BLUE does not fix one formula): the InfoNCE log-probability of the
 next item among 32 candidates, cos(profile, item) / 1.0 with the frozen MiniLM
-(`embedding_contrastive`). The 31 negatives are drawn uniformly without replacement from the
-catalogue minus the next item and minus every item of the user's history, with a generator seeded
-by (seed, prompt, next item): the G profiles of one prompt face the same negatives, and a prompt
-faces the same ones at every step. The reward is in [-inf, 0]; an uninformative profile earns
-log(1/32) = -3.47. `:negatives=held_out` draws them instead in proportion to how often each item
-is a training user's held-out item (what in-batch negatives do), so that preferring the kind of
-item users hold out (popular, recent) over the long tail pays nothing; not yet run.
+(`embedding_contrastive`). The 31 negatives are drawn without replacement from the catalogue
+minus the next item and minus every item of the user's history, in proportion to how often each
+item is a training user's held-out item (what in-batch negatives do; `:negatives=uniform` for a
+uniform draw), with a generator seeded by (seed, prompt, next item): the G profiles of one prompt
+face the same negatives, and a prompt faces the same ones at every step. The reward is in
+[-inf, 0]; an uninformative profile earns log(1/32) = -3.47. Why held-out negatives: the default
+run with uniform ones (results/blue at 7f52025) turned its profiles into catalogue-style lines of
+genres and years, and such a line pays under uniform negatives whoever the user is. On the
+validation item of 512 training users (`python -m bench.reward_signal --config=configs/blue.py
+--separation --users=512`, `--text=...` for a fixed text): one of that kind of line given to
+every user (LangPTune's 4db364b RL line "- Alien 3 (1997) - Horror, Sci-Fi, ...") vs a generic
+profile +0.254 sd of the paired difference with uniform negatives,
+-0.057 with held-out ones; the user's last title vs the generic profile +0.420 and +0.435. The
+prompt lists the movies most recent first (`:newest=0` for oldest first), as LangPTune's does.
 
 Why temperature 1.0, not the 0.05 usual for training embedders: on the validation item of 512
 training users, a profile naming the user's last movie and a generic profile earned the same

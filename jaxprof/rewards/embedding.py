@@ -263,7 +263,8 @@ def retrieval_ranking(encoder: TextEncoder, item_texts: Sequence[str] | None,
   [0, 1]; a held-out item ranked first gives NDCG = MRR = 1. `precomputed_items` [I, D] replaces
   embedding `item_texts`.
 
-  `reference` [I] (non-negative item weights, e.g. item popularity) makes the reward relative:
+  `reference` [I] (non-negative item weights, e.g. how often each item is some user's held-out
+  target) makes the reward relative:
   r = m(the row's targets) - sum_i w_i m(item i), with w the reference renormalised over the items
   outside the row's history, in [-1, 1]. The second term is what the profile gives an item drawn
   from the reference (an average user's item), so a text that lifts every item alike (a generic
