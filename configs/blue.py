@@ -15,10 +15,10 @@ face the same negatives, and a prompt faces the same ones at every step. The rew
 run with uniform ones (results/blue at 7f52025) turned its profiles into catalogue-style lines of
 genres and years, and such a line pays under uniform negatives whoever the user is. On the
 validation item of 512 training users (`python -m bench.reward_signal --config=configs/blue.py
---separation --users=512`, `--text=...` for a fixed text): one of that kind of line given to
-every user (LangPTune's 4db364b RL line "- Alien 3 (1997) - Horror, Sci-Fi, ...") vs a generic
-profile +0.254 sd of the paired difference with uniform negatives,
--0.057 with held-out ones; the user's last title vs the generic profile +0.420 and +0.435. The
+--separation --users=512`, `--text=...` for a fixed text): one such line given to every user
+(LangPTune's 4db364b RL line "- Alien 3 (1997) - Horror, Sci-Fi, ...") vs a generic profile
++0.254 sd of the paired difference with uniform negatives and -0.057 with held-out ones; the
+user's last title vs the generic profile +0.420 and +0.435. The
 prompt lists the movies most recent first (`:newest=0` for oldest first), as LangPTune's does.
 
 Why temperature 1.0, not the 0.05 usual for training embedders: on the validation item of 512
