@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
 from absl import app, flags
 
 FLAGS = flags.FLAGS
+# Defined here, not imported: a worker runs against a baseline checkout's bench package.
 flags.DEFINE_string("baseline", "", "A checkout (e.g. a git worktree) to compare against.")
 flags.DEFINE_integer("rounds", 3, "Alternated rounds.")
 flags.DEFINE_integer("steps", 4, "Timed steps per stage per worker (after one compiling step).")
-flags.DEFINE_bool("worker", False, "Internal: run the timed steps and print one JSON line.")
+flags.DEFINE_bool("worker", False, "Internal: run the timed work and print one JSON line.")
 
 
 def _worker() -> dict:
@@ -122,13 +121,9 @@ def _worker() -> dict:
 
 
 def _run(checkout: str) -> dict:
-  env = dict(os.environ, PYTHONPATH=checkout, HF_HUB_OFFLINE="1")
-  here = pathlib.Path(__file__).resolve()
-  cmd = [sys.executable, str(here), "--worker", f"--steps={FLAGS.steps}"]
-  res = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, check=False)
-  if res.returncode:
-    raise RuntimeError(f"worker in {checkout} failed:\n{res.stderr[-3000:]}")
-  return json.loads(res.stdout.strip().splitlines()[-1])
+  from bench import workers  # the driver's own (this checkout)
+
+  return workers.run_in_checkout(__file__, checkout, f"--steps={FLAGS.steps}")
 
 
 def main(argv):

@@ -75,3 +75,18 @@ class Protocol:
     self._out.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def run_in_checkout(script: str, checkout: str, *args: str) -> dict:
+  """Runs `script --worker *args` with `checkout` first on the path and as the working directory
+  (a baseline commit's code, this checkout's benchmark), and returns the JSON of its last stdout
+  line."""
+  import subprocess
+
+  env = dict(os.environ, PYTHONPATH=checkout, HF_HUB_OFFLINE="1")
+  res = subprocess.run([sys.executable, script, "--worker", *args], cwd=checkout, env=env,
+                       capture_output=True, text=True, check=False)
+  if res.returncode:
+    raise RuntimeError(f"worker in {checkout} failed:\n{res.stderr[-3000:]}")
+  return json.loads(res.stdout.strip().splitlines()[-1])
+

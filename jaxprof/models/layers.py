@@ -165,16 +165,42 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array,
     out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
     return out.reshape(b, t, n, h)
   pk, pv, pmask = prefix
-  bp, p = pk.shape[0], pk.shape[2]
-  qp = q.reshape(bp, b // bp, t, kv_heads, n // kv_heads, h)
-  pscores = jnp.einsum("BRTKGH,BKPH->BRKGTP", qp, pk, preferred_element_type=jnp.float32) * scale
-  pscores = jnp.where(pmask[:, None, None, None, None, :], pscores, _FLOOR)
-  pscores = pscores.reshape(b, kv_heads, n // kv_heads, t, p)
-  probs = jax.nn.softmax(jnp.concatenate([pscores, scores], axis=-1), axis=-1).astype(v.dtype)
-  pprobs = probs[..., :p].reshape(bp, b // bp, kv_heads, n // kv_heads, t, p)
-  out = jnp.einsum("BRKGTP,BKPH->BRTKGH", pprobs, pv).reshape(b, t, kv_heads, n // kv_heads, h)
-  out = out + jnp.einsum("BKGTS,BKSH->BTKGH", probs[..., p:], v)
+  bp, p, g = pk.shape[0], pk.shape[2], n // kv_heads
+  r = b // bp
+  # A prompt's rows, query heads of a KV head and positions are one query axis [R * G * T]: one
+  # plain matmul per (prompt, KV head) against the prompt's keys, read once per step. The two
+  # parts' softmax is merged through their common maximum, never concatenated.
+  qp = q.reshape(bp, r, t, kv_heads, g, h).transpose(0, 3, 1, 4, 2, 5).reshape(bp, kv_heads, -1, h)
+  pscores = jnp.einsum("BKQH,BKPH->BKQP", qp, pk, preferred_element_type=jnp.float32) * scale
+  pscores = jnp.where(pmask[:, None, None, :], pscores, _FLOOR)
+  pscores = pscores.reshape(bp, kv_heads, r, g, t, p).transpose(0, 2, 1, 3, 4, 5)
+  pscores = pscores.reshape(b, kv_heads, g, t, p)
+  top = jnp.maximum(jnp.max(pscores, -1, keepdims=True), jnp.max(scores, -1, keepdims=True))
+  pexp, exp = jnp.exp(pscores - top), jnp.exp(scores - top)
+  total = jnp.sum(pexp, -1, keepdims=True) + jnp.sum(exp, -1, keepdims=True)
+  pprobs, probs = (pexp / total).astype(v.dtype), (exp / total).astype(v.dtype)
+  pprobs = pprobs.reshape(bp, r, kv_heads, g, t, p).transpose(0, 2, 1, 3, 4, 5)
+  pout = jnp.einsum("BKQP,BKPH->BKQH", pprobs.reshape(bp, kv_heads, -1, p), pv)
+  pout = pout.reshape(bp, kv_heads, r, g, t, h).transpose(0, 2, 4, 1, 3, 5)
+  out = pout.reshape(b, t, kv_heads, g, h) + jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
   return out.reshape(b, t, n, h)
+
+
+def attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array,
+                  block: int = 64) -> jax.Array:
+  """`attend` over a sequence's own keys (T = S), for a causal `visible` (no query sees a later
+  slot), in blocks of `block` queries whose keys stop at the block's last query: about half of
+  the T x T scores are never computed. Rows that see no key at all (left padding) attend
+  uniformly to their block's keys instead of all keys; such rows are padding, never read.
+
+  q: [B, T, N, H]; k, v: [B, K, T, H]; visible: [B, T, T] bool. Returns [B, T, N, H].
+  """
+  t = q.shape[1]
+  if t <= block:
+    return attend(q, k, v, visible)
+  return jnp.concatenate(
+      [attend(q[:, s:s + block], k[:, :, :s + block], v[:, :, :s + block],
+              visible[:, s:s + block, :s + block]) for s in range(0, t, block)], axis=1)
 
 
 def heads_first(x: jax.Array) -> jax.Array:
@@ -310,6 +336,8 @@ def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=N
       x = parallel.constrain(x, HIDDEN_AXES)  # each device keeps its rows of the batch
 
       def attention(q, k, v):
+        if k_layer is None:  # the sequence's own keys only, causally
+          return attend_causal(q, k, v, ctx.visible), (k, v)
         return attend(q, k, v, ctx.visible, shared(k_layer, v_layer)), (k, v)
       return block(x, p, attention)
 
@@ -355,7 +383,7 @@ def scan_prompts_and_continuations(block_p: Block, block_c: Block, xp: jax.Array
     xp, xc = parallel.constrain(xp, HIDDEN_AXES), parallel.constrain(xc, HIDDEN_AXES)
 
     def attend_prompt(q, k, v):
-      return attend(q, k, v, ctx_p.visible), (k, v)
+      return attend_causal(q, k, v, ctx_p.visible), (k, v)
     xp, (kp, vp) = block_p(xp, p, attend_prompt)
 
     def attend_continuation(q, k, v):
