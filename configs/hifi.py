@@ -52,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.reward_model.sampled.prompts = 32  # start-policy summaries (and 32 held-out ones)
   config.reward_model.sampled.samples = 1
   # lr 3e-5: at 1e-5 the 12 steps left the policy near its start (per-token KL 0.008, 94% -> 75%
-  # of samples at the cap, mean length 186 -> 167; results/member_profiles at e9d1b61).
+  # of samples at the cap, mean length 186 -> 167; the default at e9d1b61). At 3e-5 (7acfdee,
+  # results/member_profiles): 178 -> 110 tokens with the penalty (KL 0.077), greedy held-out 107.
   common.rl_sections(config, "grpo", steps=12, lr=3e-5, kl_coef=0.04, prompts_per_step=4,
                      group_size=4, max_new_tokens=2 * arg.target, max_prompt_len=512)
   config.grpo.prompt_weight = "entropy_weight" if arg.entropy else ""
