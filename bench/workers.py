@@ -89,4 +89,3 @@ def run_in_checkout(script: str, checkout: str, *args: str) -> dict:
   if res.returncode:
     raise RuntimeError(f"worker in {checkout} failed:\n{res.stderr[-3000:]}")
   return json.loads(res.stdout.strip().splitlines()[-1])
-
