@@ -306,12 +306,13 @@ def movielens_data(seed: int, max_history: int = 20) -> ml_collections.ConfigDic
                                         max_history=max_history, include_skipped=False, sizes={}))
 
 
-def profile_rl(config: ml_collections.ConfigDict) -> None:
-  """GRPO for history -> profile writing on CPU: 4 users x 4 profiles of up to 64 tokens.
+def profile_rl(config: ml_collections.ConfigDict, steps: int = 20) -> None:
+  """GRPO for history -> profile writing on CPU: `steps` steps of 4 users x 4 profiles of up to 64
+  tokens.
 
   lr 1e-5: at 2e-6 LangPTune's 20 steps left the policy where it started (per-token KL to the
   start policy at most 0.0015, the training reward flat; results/langptune/README.md)."""
-  rl_sections(config, "grpo", steps=20, lr=1e-5, kl_coef=0.04, prompts_per_step=4, group_size=4,
+  rl_sections(config, "grpo", steps=steps, lr=1e-5, kl_coef=0.04, prompts_per_step=4, group_size=4,
               max_new_tokens=64, max_prompt_len=512)
   config.eval.probe_every = 5  # the truth on a fixed probe set over RL steps (report curves)
   # Held out: the test item of 512 users (of 943), one greedy profile per user and policy, shared

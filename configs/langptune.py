@@ -18,7 +18,11 @@ standard deviations of the paired difference under log-rank and by 0.17 under MR
 0.17, NDCG@100 0.25; `python -m bench.reward_signal --separation --users=512`): each GRPO
 comparison carries about twice the signal, because MRR hardly moves below the top 50.
 lr 2e-5 (profile_rl's 1e-5 left LangPTune's policy a few words from the start in 20 steps,
-per-token KL 0.017; results/langptune at 72e470c). What the default run showed
+per-token KL 0.017; results/langptune at 72e470c). 40 steps, not profile_rl's 20: at adb7b2a the
+20 steps' RL profiles had begun to name the user's real recent titles (Recall@10 +6.7% over
+zero-shot, the training reward still noisy at 4 users a step), and 7acfdee made each step 1.13x
+cheaper (bench/bench_long_prompts.py); 40 steps show the policy 160 training users, not 80.
+What the default run showed
 (results/langptune at 4db364b): the held-out reward rose (0.188 -> 0.203) and the truth did not,
 as the profiles turned into catalogue-style "Title (year) - genres" lines with mostly invented
 titles, a form that sits near every item in MiniLM's space. Hence the relative reward: it subtracts
@@ -58,8 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = common.movielens_data(arg.seed)
   config.data.newest_first = bool(arg.newest)  # the prompt lists the most recent movie first
   config.model = common.model_config("packaged", lora_rank=arg.lora)
-  common.profile_rl(config)
+  common.profile_rl(config, steps=40)  # twice BLUE's 20 (module docstring)
   config.rl.optim.lr = 2e-5
+  config.eval.probe_every = 10
   config.rewards = dict(
       ranking=common.reward("retrieval_ranking", 1.0, encoder="@encoder",
                             item_texts="@item_texts", metric=metric, k=10,
