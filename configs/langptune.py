@@ -24,8 +24,8 @@ zero-shot, the training reward still noisy at 4 users a step), and 7acfdee made 
 cheaper (bench/bench_long_prompts.py); 40 steps show the policy 160 training users, not 80.
 The 40-step run (results/langptune at 466b087): every RL profile opens with the user's latest
 title, the held-out reward rose 0.053 -> 0.078, and the truth did not move (Recall@10 -13.3%
-[-54%, +56%], +7.7% under the second encoder). What the default run showed
-(results/langptune at 4db364b): the held-out reward rose (0.188 -> 0.203) and the truth did not,
+[-54%, +56%], +7.7% under the second encoder). What the 4db364b default showed
+(results/langptune in git history): the held-out reward rose (0.188 -> 0.203) and the truth did not,
 as the profiles turned into catalogue-style "Title (year) - genres" lines with mostly invented
 titles, a form that sits near every item in MiniLM's space. Hence the relative reward: it subtracts
 the log-rank the profile gives every item, weighted by how often each is a training user's
@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = common.model_config("packaged", lora_rank=arg.lora)
   common.profile_rl(config, steps=40)  # twice BLUE's 20 (module docstring)
   config.rl.optim.lr = 2e-5
-  config.eval.probe_every = 10
+  config.eval.probe_every = 10  # four probes over the 40 steps, as the 20 steps had
   config.rewards = dict(
       ranking=common.reward("retrieval_ranking", 1.0, encoder="@encoder",
                             item_texts="@item_texts", metric=metric, k=10,
