@@ -71,7 +71,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       ranking=common.reward("retrieval_ranking", 1.0, encoder="@encoder",
                             item_texts="@item_texts", metric=metric, k=10,
                             **(dict(reference="@target_counts") if arg.relative else {})))
+  # The paper's trainable-recommender variant, for evaluation: the same profiles also ranked by a
+  # recommender trained on the training split's next-item pairs (recsys/text_recommender.py).
+  config.eval.evaluators.recommenders.trained_epochs = 10
   if arg.tiny:
     common.shrink_for_tests(config)
     config.eval.evaluators.recommenders.sasrec_epochs = 1
+    config.eval.evaluators.recommenders.trained_epochs = 1
   return config

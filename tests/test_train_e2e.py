@@ -193,6 +193,10 @@ def test_grpo_systems_tiny_end_to_end(tmp_path, variant, devices):
     assert {"start", "rl", "raw history", "SASRec", "popularity", "rl @paraphrase-L3",
             "rl vs start", "rl vs start @paraphrase-L3"} <= set(table)
     assert "diff/recall@10/ci_low" in table["rl vs start"]
+    # The trainable-recommender variant ranks the same profiles; every profile is on disk.
+    assert {"rl +trained recommender", "rl vs start +trained recommender"} <= set(table)
+    profiles = (tmp_path / "eval" / "profiles.jsonl").read_text().splitlines()
+    assert {"user_index", "target", "start", "rl"} <= set(json.loads(profiles[0]))
   # Every report has curves over steps, the truth on the probe set among them (issue 11).
   assert any(k.startswith("probe/truth/") for k in read_metrics(tmp_path, "grpo")[-1])
   if variant.startswith("blue"):  # the next-item NLL is in BLUE's loss (rl.aux_nll)

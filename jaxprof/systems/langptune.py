@@ -17,22 +17,25 @@ only by the reward's encoder shows up as such.
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 from absl import logging
 
-from jaxprof import evaluation
+from jaxprof import evaluation, paths
 from jaxprof.data import movielens, templates
 from jaxprof.evaluation import held_out
 from jaxprof.models.encoder import TextEncoder
-from jaxprof.recsys import baselines, metrics, sasrec
+from jaxprof.recsys import baselines, metrics, sasrec, text_recommender
 from jaxprof.rewards.base import valid_texts
 from jaxprof.systems import base
 
 K = 10
 INDEPENDENT = "paraphrase-L3"  # the second encoder's label in tables
+TRAINED = " +trained recommender"  # the label suffix of rows ranked by a trained recommender
 
 
 class System(base.System):
@@ -80,14 +83,34 @@ class System(base.System):
             "target_counts": self.target_counts}
 
   def ranks(self, rows: Sequence[base.Row], texts: Sequence[str],
-            encoder: TextEncoder | None = None) -> np.ndarray:
+            encoder: TextEncoder | None = None,
+            recommender: text_recommender.Params | None = None) -> np.ndarray:
     """[N] float64: the 1-based rank of each row's `target` among the whole catalogue by cosine
-    with the embedding of its text (`encoder`, default the reward's), the row's `history_items`
-    masked; nan for an empty text."""
+    with the embedding of its text (`encoder`, default the reward's), or by a trained
+    `recommender` over that embedding, the row's `history_items` masked; nan for an empty
+    text."""
     encoder = encoder or self.encoder
     clean, ok = valid_texts(texts)  # an invalid text is embedded as " ", then set to nan
-    scores = encoder.embed(clean) @ encoder.embed_catalog(self.item_texts).T
+    x, items = encoder.embed(clean), encoder.embed_catalog(self.item_texts)
+    if recommender is None:
+      scores = x @ items.T
+    else:
+      scores = text_recommender.score_all(recommender, x, items)
     return np.where(ok, rank_rows(scores, rows), np.nan)
+
+  def trained_recommender(self, epochs: int, seed: int) -> text_recommender.Params:
+    """A recommender trained on the reward encoder's embeddings (recsys/text_recommender.py):
+    every training-split history's (item t-1 text -> item t) pairs, InfoNCE over the catalogue;
+    the best epoch by the MRR of each user's validation item given their last training item
+    (history masked). Never sees a validation or test item as an input or a test item at all."""
+    splits = movielens.leave_last_out(movielens.read_ml100k())
+    items = self.encoder.embed_catalog(self.item_texts)
+    valid = text_recommender.Pairs(
+        items[[h[-1] for h in splits.train_items]], splits.val_item,
+        metrics.history_mask(splits.train_items, len(self.item_texts)))
+    config = text_recommender.TextRecConfig(epochs=epochs, seed=seed)
+    return text_recommender.train(text_recommender.next_item_pairs(splits.train_items, items),
+                                  items, config, valid)
 
   def truth_rows(self, rows, texts):
     return {f"truth/{m}": v for m, v in ranking_metrics(self.ranks(rows, texts)).items()}
@@ -137,8 +160,8 @@ def _raw_history_text(system: System, row: base.Row) -> str:
 
 @evaluation.register("recommenders")
 def recommenders(ev: evaluation.Context, sasrec_epochs: int = 20, independent: bool = True,
-                 baseline_rows: Sequence[str] = ("raw history", "SASRec", "popularity")
-                 ) -> evaluation.Result:
+                 baseline_rows: Sequence[str] = ("raw history", "SASRec", "popularity"),
+                 trained_epochs: int = 0) -> evaluation.Result:
   """LangPTune's headline table: the held-out test item of config.eval.num_examples users ranked
   over the whole catalogue (history and validation item masked) by each policy's profile (one per
   user, at config.eval.temperature; "start" is the zero-shot profile when no SFT stage ran), by
@@ -146,7 +169,10 @@ def recommenders(ev: evaluation.Context, sasrec_epochs: int = 20, independent: b
   Means with bootstrap 95% intervals over users. "X @paraphrase-L3" rows score the same texts
   with an encoder no reward used. "rl vs start" rows: the paired-bootstrap difference (`diff/`)
   and relative gain (`gain/`, mean(rl) / mean(start) - 1, left out where start's mean is 0) of
-  each metric, with 95% intervals."""
+  each metric, with 95% intervals. With `trained_epochs`, "X +trained recommender" rows rank the
+  same texts' reward-encoder embeddings with `System.trained_recommender` (the paper's trainable
+  recommender variant, trained for at most that many epochs) instead of the bare cosine. Every
+  policy's profiles are written to `profiles.jsonl`."""
   system = ev.system
   rows = system.rl_rows("eval")
   encoders = {"": system.encoder}
@@ -160,6 +186,12 @@ def recommenders(ev: evaluation.Context, sasrec_epochs: int = 20, independent: b
   for suffix, encoder in encoders.items():
     for name, t in texts.items():
       per_row[name + suffix] = ranking_metrics(system.ranks(rows, t, encoder))
+  if trained_epochs:
+    start = time.perf_counter()
+    recommender = system.trained_recommender(trained_epochs, ev.config.seed)
+    logging.info("recommenders: text recommender trained in %.0f s", time.perf_counter() - start)
+    for name, t in texts.items():
+      per_row[name + TRAINED] = ranking_metrics(system.ranks(rows, t, recommender=recommender))
   if "SASRec" in baseline_rows:
     start = time.perf_counter()
     per_row["SASRec"] = ranking_metrics(
@@ -169,9 +201,14 @@ def recommenders(ev: evaluation.Context, sasrec_epochs: int = 20, independent: b
     per_row["popularity"] = ranking_metrics(_popularity_ranks(rows, system))
   table = {label: {k: v for m, x in values.items() for k, v in held_out.with_ci(m, x).items()}
            for label, values in per_row.items()}
-  if "rl" in ev.policies and "start" in ev.policies:
-    for suffix in encoders:
+  for suffix in [*encoders, TRAINED]:
+    if "rl" + suffix in per_row and "start" + suffix in per_row:
       table["rl vs start" + suffix] = _compare(per_row["rl" + suffix], per_row["start" + suffix])
+  if jax.process_index() == 0:  # every profile, for reading or re-scoring without a generate
+    paths.atomic_write_text(ev.stage_dir / "profiles.jsonl", "".join(
+        json.dumps({"user_index": int(r["user_index"]), "target": int(r["target"]),
+                    **{n: texts[n][i] for n in ev.policies}}) + "\n"
+        for i, r in enumerate(rows)))
   shown = [{"history": _raw_history_text(system, r), "target": r["target_text"],
             **{n: texts[n][i] for n in ev.policies}} for i, r in enumerate(rows[:4])]
   return evaluation.Result(table, shown)
