@@ -3,6 +3,7 @@ r"""LangPTune (RLSO): a language profile of a user, rewarded by how well it rank
   python -m jaxprof.train --config=configs/langptune.py --workdir=runs/langptune
   python -m jaxprof.train --config=configs/langptune.py:metric=ndcg --workdir=runs/lpt_ndcg
   python -m jaxprof.train --config=configs/langptune.py:relative=0 --workdir=runs/lpt_absolute
+  python -m jaxprof.train --config=configs/langptune.py:recommender=trained --workdir=runs/lpt_rec
   python -m jaxprof.train --config=configs/langptune.py:tiny --workdir=/tmp/lpt_tiny
 
 Data: movielens100k, leave-last-out. The policy reads a user's history and writes a profile; the
@@ -55,7 +56,9 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, tiny=False, seed=0, metric="", lora=0, relative=True,
-                         newest=True)
+                         newest=True, recommender="frozen")
+  if arg.recommender not in ("frozen", "trained"):
+    raise ValueError(f"langptune recommender={arg.recommender!r}; expected frozen or trained")
   # NDCG@10 of one item among 1,682 is 0 for almost every profile, so GRPO's updates would all be
   # zero; the log-rank gives every group a spread and twice MRR's signal (module docstring).
   metric = arg.metric or "log_rank"
@@ -70,9 +73,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rewards = dict(
       ranking=common.reward("retrieval_ranking", 1.0, encoder="@encoder",
                             item_texts="@item_texts", metric=metric, k=10,
-                            **(dict(reference="@target_counts") if arg.relative else {})))
-  # The paper's trainable-recommender variant, for evaluation: the same profiles also ranked by a
-  # recommender trained on the training split's next-item pairs (recsys/text_recommender.py).
+                            **(dict(reference="@target_counts") if arg.relative else {}),
+                            **(dict(recommender="@text_recommender")
+                               if arg.recommender == "trained" else {})))
+  # The paper's trainable-recommender variant: the same profiles also ranked by a recommender
+  # trained on the training split's next-item pairs (recsys/text_recommender.py) in evaluation,
+  # and with `:recommender=trained` in the reward as well.
   config.eval.evaluators.recommenders.trained_epochs = 10
   if arg.tiny:
     common.shrink_for_tests(config)

@@ -10,7 +10,7 @@ from jaxprof import systems
 VARIANTS = {
     "girl": ["", "tiny", "algo=grpo", "tiny,algo=grpo", "lora=4", "seed=3", "paper",
              "tiny,paper", "length=0"],
-    "langptune": ["", "tiny", "metric=ndcg", "lora=4"],
+    "langptune": ["", "tiny", "metric=ndcg", "lora=4", "recommender=trained"],
     "blue": ["", "tiny", "lora=4"],
     "hifi": ["", "tiny", "reward=listwise", "tiny,reward=listwise", "length=none",
              "length=format", "entropy=false"],
@@ -77,3 +77,11 @@ def test_unknown_system_is_one_clear_error():
   config.system = "girll"
   with pytest.raises(ValueError, match=r"config.system='girll'; known systems: girl"):
     systems.get(config)
+
+
+def test_langptune_recommender_is_frozen_or_trained():
+  with pytest.raises(ValueError, match="recommender='bogus'"):
+    build("langptune", "recommender=bogus")
+  trained = build("langptune", "recommender=trained").rewards.ranking.kwargs
+  assert trained.recommender == "@text_recommender"
+  assert "recommender" not in build("langptune", "").rewards.ranking.kwargs

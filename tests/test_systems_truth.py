@@ -32,6 +32,17 @@ def test_langptune_ranking_truth_is_high_for_the_held_out_items_own_text():
 
 
 @pytest.mark.slow
+def test_langptune_trains_a_recommender_for_its_reward_only_when_asked():
+  assert "text_recommender" not in systems.get(langptune.get_config("tiny")).resources({})
+  config = langptune.get_config("tiny,recommender=trained")
+  system = systems.get(config)
+  recommender = system.resources({})["text_recommender"]
+  epochs = config.eval.evaluators.recommenders.trained_epochs
+  assert recommender is system.trained_recommender(epochs, config.seed)  # shared with the eval
+  assert float(abs(recommender["A"]).sum()) > 0  # trained, not the frozen cosine
+
+
+@pytest.mark.slow
 def test_hifi_truth_ranks_postings_by_the_hidden_probabilities():
   system = systems.get(hifi.get_config("tiny"))
   rows = system.rl_rows("eval")

@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxprof.models import bert
 from jaxprof.models.encoder import TextEncoder
-from jaxprof.recsys import metrics
+from jaxprof.recsys import metrics, text_recommender
 from jaxprof.rewards.base import (
   ColumnError,
   RewardBatch,
@@ -233,9 +233,13 @@ def _every_rank(scores: jax.Array, exclude: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "metric", "k"))
-def _retrieval_batch(params, cfg, ids, mask, item_emb, targets, exclude, reference, metric, k):
+def _retrieval_batch(params, cfg, ids, mask, item_emb, targets, exclude, reference, recommender,
+                     metric, k):
   profile = bert.embed(params, cfg, ids, mask)
-  scores = profile @ item_emb.T  # [B', I] cosine: both sides are L2-normalised
+  if recommender is None:
+    scores = profile @ item_emb.T  # [B', I] cosine: both sides are L2-normalised
+  else:
+    scores = text_recommender.scores(recommender, profile, item_emb)
   num_items = item_emb.shape[0]
   own = _metric(metrics.rank_of_targets(scores, targets, exclude), metric, k, num_items)
   if reference is None:
@@ -253,8 +257,10 @@ def retrieval_ranking(encoder: TextEncoder, item_texts: Sequence[str] | None,
                       history_column: str | None = "history_items",
                       on_invalid: float | None = None,
                       precomputed_items: np.ndarray | None = None,
-                      reference: np.ndarray | None = None) -> RewardFn:
-  """Retrieval reward: rank the full catalogue by cos(e_profile, e_item), history masked.
+                      reference: np.ndarray | None = None,
+                      recommender: text_recommender.Params | None = None) -> RewardFn:
+  """Retrieval reward: rank the full catalogue by cos(e_profile, e_item), history masked, or by
+  a trained `recommender` over e_profile (`recsys.text_recommender.scores`).
 
   r = NDCG@k (binary relevance, ideal DCG of min(n, k) hits), MRR (1 / best rank, no cut-off),
   Recall@k or log_rank (mean of 1 - ln(rank) / ln(I) over targets, `metrics.log_rank`) of the
@@ -301,7 +307,7 @@ def retrieval_ranking(encoder: TextEncoder, item_texts: Sequence[str] | None,
     targets[batch.size:, 0] = 0  # padding rows rank item 0 (discarded)
     ids, mask, valid = tokenize_bucketed(encoder, batch.completions)
     out = _retrieval_batch(encoder.params, encoder.cfg, ids, mask, item_emb, targets, exclude,
-                           reference, metric, k)
+                           reference, recommender, metric, k)
     return to_rewards(np.asarray(out)[:batch.size], valid, on_invalid)
 
   return reward

@@ -12,6 +12,12 @@ directly, Recall@10 / NDCG@10 / MRR with bootstrap 95% intervals, and RL's relat
 over the zero-shot profile (the paper reports +17.5%) with its paired-bootstrap interval. Profiles
 are also scored by a second encoder that gives no reward (paraphrase-MiniLM-L3), so a gain seen
 only by the reward's encoder shows up as such.
+
+The paper's trainable-recommender variant: `System.trained_recommender` learns a map from a text
+embedding to the next item (recsys/text_recommender.py, trained on the training split's next-item
+pairs, not on generated profiles, which would cost a generate call per user). The evaluator ranks
+the same profiles with it ("+trained recommender" rows); `configs/langptune.py:recommender=trained`
+also gives the GRPO reward its ranking, so the policy is trained for that recommender.
 """
 
 from __future__ import annotations
@@ -79,8 +85,13 @@ class System(base.System):
     return baselines.item_counts([r["target_items"] for r in rows], len(self.item_texts))
 
   def resources(self, inputs):
-    return {"encoder": self.encoder, "item_texts": self.item_texts,
-            "target_counts": self.target_counts}
+    out = {"encoder": self.encoder, "item_texts": self.item_texts,
+           "target_counts": self.target_counts}
+    asked = {v for term in self.config.rewards.values() for v in dict(term.kwargs).values()}
+    if "@text_recommender" in asked:  # trained only when a reward ranks with it
+      out["text_recommender"] = self.trained_recommender(
+          self.config.eval.evaluators.recommenders.trained_epochs, self.config.seed)
+    return out
 
   def ranks(self, rows: Sequence[base.Row], texts: Sequence[str],
             encoder: TextEncoder | None = None,
@@ -102,7 +113,17 @@ class System(base.System):
     """A recommender trained on the reward encoder's embeddings (recsys/text_recommender.py):
     every training-split history's (item t-1 text -> item t) pairs, InfoNCE over the catalogue;
     the best epoch by the MRR of each user's validation item given their last training item
-    (history masked). Never sees a validation or test item as an input or a test item at all."""
+    (history masked). Never sees a validation or test item as an input or a test item at all.
+    Trained once per (epochs, seed): a reward that ranks with it and the evaluation share it."""
+    if (epochs, seed) not in self._recommenders:
+      self._recommenders[epochs, seed] = self._train_recommender(epochs, seed)
+    return self._recommenders[epochs, seed]
+
+  @functools.cached_property
+  def _recommenders(self) -> dict:
+    return {}
+
+  def _train_recommender(self, epochs: int, seed: int) -> text_recommender.Params:
     splits = movielens.leave_last_out(movielens.read_ml100k())
     items = self.encoder.embed_catalog(self.item_texts)
     valid = text_recommender.Pairs(

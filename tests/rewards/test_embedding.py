@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxprof.models.encoder import TextEncoder
+from jaxprof.recsys import text_recommender
 from jaxprof.rewards import (
   ColumnError,
   RewardBatch,
@@ -153,6 +154,21 @@ def test_retrieval_matches_numpy_reference():
     assert got["recall"][r] == pytest.approx(np.mean([k <= 5 for k in ranks]))
     log_rank = np.mean([1 - np.log(k) / np.log(len(ITEMS)) for k in ranks])
     assert got["log_rank"][r] == pytest.approx(log_rank, abs=1e-5)
+
+
+def test_retrieval_with_a_trained_recommender_ranks_by_its_scores():
+  """An untrained recommender (A = 0, b = 0) ranks as the cosine does; one whose item prior
+  favours an item ranks that item first for every profile."""
+  enc = tiny_encoder()
+  profiles = ["ghost storm drama", ITEMS[11], "war road western night"]
+  batch = make_batch(profiles, target_items=[[2], [11], [30]], history_items=[[1], [], [3]])
+  cosine = retrieval_ranking(enc, ITEMS, metric="log_rank")(batch)
+  untrained = text_recommender.init(enc.dim, len(ITEMS))
+  same = retrieval_ranking(enc, ITEMS, metric="log_rank", recommender=untrained)(batch)
+  np.testing.assert_allclose(same, cosine, atol=1e-6)
+  prior = dict(untrained, b=untrained["b"].at[30].set(1e3))
+  got = retrieval_ranking(enc, ITEMS, metric="mrr", recommender=prior)(batch)
+  assert got[2] == pytest.approx(1.0) and got[0] < 1 and got[1] < 1
 
 
 def _numpy_ranks(scores: np.ndarray, hist: list[int]) -> np.ndarray:
