@@ -131,9 +131,10 @@ def train(train_pairs: Pairs, item_embeddings: np.ndarray,
 
   rng = np.random.default_rng(config.seed)
   bs = min(config.batch_size, len(x))
-  best = validation_mrr(params, valid, item_embeddings) if valid is not None else -1.0
-  logging.info("text recommender: %d pairs, validation MRR %.4f untrained", len(x), best)
-  best_params, since_best = params, 0
+  best, best_params, since_best = -1.0, params, 0
+  if valid is not None:  # the untrained model (the frozen cosine) is the bar to beat
+    best = validation_mrr(params, valid, item_embeddings)
+    logging.info("text recommender: %d pairs, validation MRR %.4f untrained", len(x), best)
   for epoch in range(1, config.epochs + 1):
     order = rng.permutation(len(x))
     losses = []

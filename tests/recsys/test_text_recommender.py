@@ -47,3 +47,11 @@ def test_training_learns_a_rule_the_cosine_cannot_see():
   ranks = metrics.rank_of_targets(text_recommender.score_all(params, valid.x, items),
                                   valid.targets, valid.exclude)
   assert float(np.mean(np.asarray(ranks) == 1)) > 0.8
+
+
+def test_training_without_validation_returns_the_last_epoch():
+  items = _items()
+  train = text_recommender.next_item_pairs([list(range(I))] * 4, items)
+  config = text_recommender.TextRecConfig(epochs=2, batch_size=32)
+  params = text_recommender.train(train, items, config)
+  assert float(np.abs(params["A"]).sum()) > 0 and float(np.abs(params["b"]).sum()) > 0
