@@ -87,8 +87,8 @@ class System(base.System):
   def resources(self, inputs):
     out = {"encoder": self.encoder, "item_texts": self.item_texts,
            "target_counts": self.target_counts}
-    asked = {v for term in self.config.rewards.values() for v in dict(term.kwargs).values()}
-    if "@text_recommender" in asked:  # trained only when a reward ranks with it
+    if any(v == "@text_recommender" for term in self.config.rewards.values()
+           for v in dict(term.kwargs).values()):  # trained only when a reward ranks with it
       out["text_recommender"] = self.trained_recommender(
           self.config.eval.evaluators.recommenders.trained_epochs, self.config.seed)
     return out
@@ -102,7 +102,13 @@ class System(base.System):
     text."""
     encoder = encoder or self.encoder
     clean, ok = valid_texts(texts)  # an invalid text is embedded as " ", then set to nan
-    x, items = encoder.embed(clean), encoder.embed_catalog(self.item_texts)
+    return self.ranks_of_embeddings(rows, encoder.embed(clean), ok, encoder, recommender)
+
+  def ranks_of_embeddings(self, rows: Sequence[base.Row], x: np.ndarray, ok: np.ndarray,
+                          encoder: TextEncoder,
+                          recommender: text_recommender.Params | None = None) -> np.ndarray:
+    """`ranks` of texts already embedded by `encoder` (x: [N, D]; ok: [N] bool, False -> nan)."""
+    items = encoder.embed_catalog(self.item_texts)
     if recommender is None:
       scores = x @ items.T
     else:
@@ -115,23 +121,17 @@ class System(base.System):
     the best epoch by the MRR of each user's validation item given their last training item
     (history masked). Never sees a validation or test item as an input or a test item at all.
     Trained once per (epochs, seed): a reward that ranks with it and the evaluation share it."""
-    if (epochs, seed) not in self._recommenders:
-      self._recommenders[epochs, seed] = self._train_recommender(epochs, seed)
-    return self._recommenders[epochs, seed]
-
-  @functools.cached_property
-  def _recommenders(self) -> dict:
-    return {}
-
-  def _train_recommender(self, epochs: int, seed: int) -> text_recommender.Params:
-    splits = movielens.leave_last_out(movielens.read_ml100k())
-    items = self.encoder.embed_catalog(self.item_texts)
-    valid = text_recommender.Pairs(
-        items[[h[-1] for h in splits.train_items]], splits.val_item,
-        metrics.history_mask(splits.train_items, len(self.item_texts)))
-    config = text_recommender.TextRecConfig(epochs=epochs, seed=seed)
-    return text_recommender.train(text_recommender.next_item_pairs(splits.train_items, items),
-                                  items, config, valid)
+    cache = self.__dict__.setdefault("_recommenders", {})
+    if (epochs, seed) not in cache:
+      splits = movielens.leave_last_out(movielens.read_ml100k())
+      items = self.encoder.embed_catalog(self.item_texts)
+      valid = text_recommender.Pairs(
+          items[[h[-1] for h in splits.train_items]], splits.val_item,
+          metrics.history_mask(splits.train_items, len(self.item_texts)))
+      config = text_recommender.TextRecConfig(epochs=epochs, seed=seed)
+      cache[epochs, seed] = text_recommender.train(
+          text_recommender.next_item_pairs(splits.train_items, items), items, config, valid)
+    return cache[epochs, seed]
 
   def truth_rows(self, rows, texts):
     return {f"truth/{m}": v for m, v in ranking_metrics(self.ranks(rows, texts)).items()}
@@ -204,15 +204,21 @@ def recommenders(ev: evaluation.Context, sasrec_epochs: int = 20, independent: b
            for name in ev.policies}
   if "raw history" in baseline_rows:
     texts["raw history"] = [_raw_history_text(system, r) for r in rows]
-  for suffix, encoder in encoders.items():
-    for name, t in texts.items():
-      per_row[name + suffix] = ranking_metrics(system.ranks(rows, t, encoder))
+  recommender = None
   if trained_epochs:
     start = time.perf_counter()
     recommender = system.trained_recommender(trained_epochs, ev.config.seed)
     logging.info("recommenders: text recommender trained in %.0f s", time.perf_counter() - start)
+  trained_rows = {}  # after the cosine rows in the table
+  for suffix, encoder in encoders.items():
     for name, t in texts.items():
-      per_row[name + TRAINED] = ranking_metrics(system.ranks(rows, t, recommender=recommender))
+      clean, ok = valid_texts(t)
+      x = encoder.embed(clean)  # once per text and encoder, for both rankings
+      per_row[name + suffix] = ranking_metrics(system.ranks_of_embeddings(rows, x, ok, encoder))
+      if recommender is not None and encoder is system.encoder:  # trained on this encoder
+        trained_rows[name + TRAINED] = ranking_metrics(
+            system.ranks_of_embeddings(rows, x, ok, encoder, recommender))
+  per_row |= trained_rows
   if "SASRec" in baseline_rows:
     start = time.perf_counter()
     per_row["SASRec"] = ranking_metrics(
