@@ -5,7 +5,8 @@ r"""Where one decode step goes: the sampler's per-token work, timed piece by pie
 Times (best of --repeats, after a compiling call) of jitted pieces of one decode step of the
 packaged SmolLM2-135M at batch B = prompts x group:
 the forward of one token through all layers (prompt keys as a shared Prefix, completion keys in
-the cache, as `sampling.sample` holds them), the LM head, the sampling of the next token
+the cache, per-layer arrays as `sampling.sample` holds them on CPU; and the same forward as a scan
+over the stacked arrays), the LM head, the sampling of the next token
 (noise over the whole vocabulary), the log-softmax at the chosen token, and the whole step as
 the sampler runs it. Each piece is reported with its FLOP/s against the measured matmul peak.
 """
@@ -52,10 +53,14 @@ def main(argv):
   choose = sampling.Sampling(temperature=1.0)
 
   @jax.jit
-  def layers(params, cache, token):
+  def layers(params, cache, prefix, token):
     h, cache = causal_lm.forward(params, cfg, token[:, None], jnp.ones((b, 1), bool), cache=cache,
                                  prefix=prefix)
     return h[:, 0], cache
+
+  # What `sampling.sample` decodes over on CPU: per-layer weights, prompt keys and cache.
+  stacked = (params, cache, prefix)
+  params, cache, prefix = causal_lm.per_layer(params), cache.per_layer(), prefix.per_layer()
 
   head = jax.jit(functools.partial(causal_lm.logits, cfg=cfg))
   pick = jax.jit(choose.choose)
@@ -74,7 +79,8 @@ def main(argv):
   layer_flops = 2 * perf.layer_weights(cfg) * b + 4 * cfg.num_layers * cfg.num_heads * \
       cfg.head_dim * b * (FLAGS.prompt_len + half)
   pieces = {
-      "layers (with prefix + cache)": (lambda: layers(params, cache, token), layer_flops),
+      "layers (with prefix + cache)": (lambda: layers(params, cache, prefix, token), layer_flops),
+      "the same over stacked arrays (a scan)": (lambda: layers(*stacked, token), layer_flops),
       "LM head [B,D]x[D,V]": (lambda: head(params, hidden=hidden), 2 * b * d * v),
       "sample (noise over V)": (lambda: pick(logits, key), 0),
       "log-softmax at token": (lambda: logp(logits, token), 0),

@@ -161,11 +161,11 @@ def decode_step(params: dict, cfg: causal_lm.LMConfig, prefix: Prefix, s: Decode
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "eos_ids", "sampling",
-                                             "num_samples", "pad_id", "cache_dtype"))
+                                             "num_samples", "pad_id", "cache_dtype", "per_layer"))
 def sample(params: dict, cfg: causal_lm.LMConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
            key: jax.Array, *, max_new_tokens: int, eos_ids: tuple[int, ...],
            sampling: Sampling = Sampling(), num_samples: int = 1, pad_id: int = 0,
-           cache_dtype=None) -> Completions:
+           cache_dtype=None, per_layer: bool | None = None) -> Completions:
   """Samples `num_samples` completions per prompt: `prefill`, then `decode_step` in a
   `lax.while_loop` until every row has ended or `max_new_tokens` are written.
 
@@ -174,6 +174,9 @@ def sample(params: dict, cfg: causal_lm.LMConfig, prompt_tokens: jax.Array, prom
     key: PRNG key; step i of the loop uses fold_in(key, i), so results are reproducible.
     eos_ids: tokens that end a completion (kept in the completion, masked in).
     pad_id: written after a completion ends (masked out; never used to derive masks).
+    per_layer: decode over per-layer copies of the weights, prompt keys and cache (one copy of
+      the layer weights per call) instead of scanning the stacked ones; None = on CPU, where a
+      scan copies each layer's slices at every step (`layers.scan_layers`).
   Returns:
     Completions with [B * num_samples, max_new_tokens] arrays.
   """
@@ -181,6 +184,9 @@ def sample(params: dict, cfg: causal_lm.LMConfig, prompt_tokens: jax.Array, prom
   # group); the cache holds only the completions' own slots.
   prefix, init = prefill(params, cfg, prompt_tokens, prompt_mask, max_new_tokens=max_new_tokens,
                          num_samples=num_samples, pad_id=pad_id, cache_dtype=cache_dtype)
+  if per_layer if per_layer is not None else jax.default_backend() == "cpu":
+    params, prefix = causal_lm.per_layer(params), prefix.per_layer()
+    init = init.replace(cache=init.cache.per_layer())
   final = jax.lax.while_loop(
       lambda s: (s.step < max_new_tokens) & ~jnp.all(s.done),
       lambda s: decode_step(params, cfg, prefix, s, key, eos_ids=eos_ids, sampling=sampling,

@@ -45,6 +45,20 @@ def test_greedy_cache_equals_full_forward(cfg):
   assert completion(out, 0) == greedy_without_cache(params, cfg, prompt, 12)
 
 
+@pytest.mark.parametrize("cfg", [helpers.TINY_LLAMA, helpers.TINY_GPT2], ids=["llama", "gpt2"])
+def test_per_layer_decode_equals_the_layer_scan(cfg):
+  # The decode loop over per-layer weights, prompt keys and cache (the CPU default) against the
+  # scan over the stacked ones: the same tokens and log-probs, groups and sampling included.
+  params = helpers.tiny_params(cfg, scale=3.0)
+  prompts = [[5, 17, 9, 44, 2, 7, 8], [11, 12]]
+  kw = dict(sampling=sampling.Sampling(temperature=1.0), num_samples=3, key=4)
+  loop, scan = (run(params, cfg, prompts, per_layer=flag, **kw) for flag in (True, False))
+  np.testing.assert_array_equal(loop.tokens, scan.tokens)
+  np.testing.assert_array_equal(loop.mask, scan.mask)
+  np.testing.assert_allclose(loop.logprobs, scan.logprobs, atol=1e-5)
+  assert len(set(map(tuple, np.asarray(loop.tokens)))) > 1  # the rows really were sampled
+
+
 def test_mixed_length_batch_rows_equal_alone():
   cfg, params = helpers.TINY_LLAMA, helpers.tiny_params()
   prompts = [[5, 17, 9, 44, 2, 7, 8], [11, 12], [100, 101, 102, 103]]

@@ -43,6 +43,12 @@ def param_axes(cfg: LMConfig) -> dict:
   return layers.axes_from_specs(param_specs(cfg))
 
 
+def per_layer(params: dict) -> dict:
+  """params with the stacked decoder layers split into a tuple of per-layer dicts (a copy of
+  the layer weights): what a decode loop reads without slicing (`layers.scan_layers`)."""
+  return {**params, "layers": layers.unstack_layers(params["layers"])}
+
+
 def init_cache(cfg: LMConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
   return family(cfg).init_cache(cfg, batch, max_len, dtype)
 

@@ -313,9 +313,15 @@ def embed(table: jax.Array, tokens: jax.Array) -> jax.Array:
   return parallel.constrain(table[tokens], HIDDEN_AXES)
 
 
-def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=None, prefix=None,
-                remat: bool | str = False):
-  """Runs `block` over the stacked layers; the block never sees how keys are stored.
+def unstack_layers(stacked: dict) -> tuple[dict, ...]:
+  """Stacked layer params (every leaf [L, ...]) -> a tuple of L per-layer dicts."""
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  return tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n))
+
+
+def scan_layers(block: Block, x: jax.Array, stacked: dict | tuple[dict, ...], ctx: Context,
+                cache=None, prefix=None, remat: bool | str = False):
+  """Runs `block` over the layers; the block never sees how keys are stored.
 
   Without a cache each layer's (k, v) is a scan output: returns (x, (k, v) [L, B, K, T, H]), the
   tokens' own keys and values, ready to serve as a `Prefix` (unused outputs cost nothing: XLA drops
@@ -323,8 +329,18 @@ def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=N
   slots (no per-step copy): returns (x, updated cache). With a prefix, its layer slices are scan
   inputs (read only, never repeated per row) and gradients flow back into them. `remat` picks
   what the backward pass recomputes per layer (`remat_policy`).
+
+  Per-layer weights (`stacked` a tuple of L dicts, `unstack_layers`) or a per-layer cache
+  (`KVCache.per_layer`) run the layers as a Python loop instead, reading each layer's arrays
+  where they are: inside a scan XLA:CPU copies every layer's slice of a stacked array before a
+  matmul reads it, which at a decode step (each weight and prompt key read once) cost a third of
+  the step (BENCHMARKS.md, "Decoding over per-layer arrays"). Keys come back as tuples then.
   """
   policy = remat_policy(remat)
+  if isinstance(stacked, tuple) or (cache is not None and isinstance(cache.k, tuple)):
+    if not isinstance(stacked, tuple):
+      stacked = unstack_layers(stacked)
+    return _layer_loop(block, x, stacked, ctx, cache, prefix, policy)
   pk, pv = (None, None) if prefix is None else (prefix.k, prefix.v)
 
   def shared(k_layer, v_layer):
@@ -363,6 +379,40 @@ def scan_layers(block: Block, x: jax.Array, stacked: dict, ctx: Context, cache=N
                                       (stacked, jnp.arange(num_layers), pk, pv))
   cache = cache.replace(k=k_all, v=v_all, mask=ctx.key_mask, index=cache.index + x.shape[1])
   return x, cache
+
+
+def _layer_loop(block: Block, x: jax.Array, per_layer: tuple[dict, ...], ctx: Context, cache,
+                prefix, policy):
+  """`scan_layers` as a Python loop over per-layer weights, cache and prefix arrays."""
+
+  def layer(x, p, own, shared):  # own: this layer's cache (k, v) or None
+    x = parallel.constrain(x, HIDDEN_AXES)
+
+    def attention(q, k, v):
+      if own is not None:  # write the new slots, then attend to every slot of the layer
+        at = (0, 0, ctx.index, 0)
+        k = jax.lax.dynamic_update_slice(own[0], k.astype(own[0].dtype), at)
+        v = jax.lax.dynamic_update_slice(own[1], v.astype(own[1].dtype), at)
+      elif shared is None:
+        return attend_causal(q, k, v, ctx.visible), (k, v)
+      return attend(q, k, v, ctx.visible, shared), (k, v)
+    return block(x, p, attention)
+
+  if policy is not None:
+    layer = jax.checkpoint(layer, policy=policy)
+  if cache is not None:
+    cache = cache.per_layer()
+  ks, vs = [], []
+  for i, p in enumerate(per_layer):
+    own = None if cache is None else (cache.k[i], cache.v[i])
+    shared = None if prefix is None else (prefix.k[i], prefix.v[i], ctx.prefix_mask)
+    x, (k, v) = layer(x, p, own, shared)
+    ks.append(k)
+    vs.append(v)
+  if cache is None:
+    return x, (tuple(ks), tuple(vs))
+  return x, cache.replace(k=tuple(ks), v=tuple(vs), mask=ctx.key_mask,
+                          index=cache.index + x.shape[1])
 
 
 def scan_prompts_and_continuations(block_p: Block, block_c: Block, xp: jax.Array, xc: jax.Array,
