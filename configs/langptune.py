@@ -23,9 +23,11 @@ per-token KL 0.017; results/langptune at 72e470c). 40 steps, not profile_rl's 20
 20 steps' RL profiles had begun to name the user's real recent titles (Recall@10 +6.7% over
 zero-shot, the training reward still noisy at 4 users a step), and 7acfdee made each step 1.13x
 cheaper (bench/bench_long_prompts.py); 40 steps show the policy 160 training users, not 80.
-The 40-step run (results/langptune at 466b087): every RL profile opens with the user's latest
-title, the held-out reward rose 0.053 -> 0.078, and the truth did not move (Recall@10 -13.3%
-[-54%, +56%], +7.7% under the second encoder). What the 4db364b default showed
+The 40-step run at 466b087: 400 of 512 RL profiles open with the user's latest title, the
+held-out reward rose 0.053 -> 0.078, and the truth did not move (Recall@10 -13.3% [-54%, +56%],
++7.7% under the second encoder). The same default again at e882555 (results/langptune), whose
+sampler only sums in another order: +26.7% [-25%, +125%] and -38.5% [-75%, +25%]; one seed's
+gain swings more than the effect. What the 4db364b default showed
 (results/langptune in git history): the held-out reward rose (0.188 -> 0.203) and the truth did not,
 as the profiles turned into catalogue-style "Title (year) - genres" lines with mostly invented
 titles, a form that sits near every item in MiniLM's space. Hence the relative reward: it subtracts

@@ -126,7 +126,7 @@ def report(config, results: Mapping[str, evaluation.Table], samples,
 def save_figure(fig, path: str | os.PathLike) -> None:
   """Writes a matplotlib figure as a PNG to `path` (local or `gs://`, atomically) and closes it."""
   buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
+  fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
   plt.close(fig)
   paths.atomic_write_bytes(path, buf.getvalue())
 
@@ -138,7 +138,10 @@ def plot(table: evaluation.Table, path: str | os.PathLike, title: str) -> None:
   names = [n for n in table if " vs " not in n]
   metrics = sorted({k for n in names for k in table[n]
                     if not k.startswith("length/") and "/ci_" not in k})
-  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(metrics)), 4))
+  # Room for every bar, plus the legend beside them; more than 10 rows take tab20's colours.
+  fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(names) * len(metrics)) + 3, 4))
+  if len(names) > 10:
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
   width = 0.8 / max(len(names), 1)
   for j, n in enumerate(names):
     row = table[n]
@@ -149,7 +152,7 @@ def plot(table: evaluation.Table, path: str | os.PathLike, title: str) -> None:
     ax.bar(np.arange(len(metrics)) + j * width, means, width, yerr=err, capsize=3, label=n)
   ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, metrics, rotation=30,
                 ha="right")
-  ax.legend()
+  ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the bars
   ax.set_title(title)
   ax.set_ylabel("mean over held-out prompts\n(error bars: 95% bootstrap CI)", fontsize=8)
   fig.tight_layout()
