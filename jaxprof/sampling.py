@@ -184,7 +184,9 @@ def sample(params: dict, cfg: causal_lm.LMConfig, prompt_tokens: jax.Array, prom
   # group); the cache holds only the completions' own slots.
   prefix, init = prefill(params, cfg, prompt_tokens, prompt_mask, max_new_tokens=max_new_tokens,
                          num_samples=num_samples, pad_id=pad_id, cache_dtype=cache_dtype)
-  if per_layer if per_layer is not None else jax.default_backend() == "cpu":
+  if per_layer is None:
+    per_layer = jax.default_backend() == "cpu"
+  if per_layer:
     params, prefix = causal_lm.per_layer(params), prefix.per_layer()
     init = init.replace(cache=init.cache.per_layer())
   final = jax.lax.while_loop(
