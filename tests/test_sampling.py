@@ -57,6 +57,12 @@ def test_per_layer_decode_equals_the_layer_scan(cfg):
   np.testing.assert_array_equal(loop.mask, scan.mask)
   np.testing.assert_allclose(loop.logprobs, scan.logprobs, atol=1e-5)
   assert len(set(map(tuple, np.asarray(loop.tokens)))) > 1  # the rows really were sampled
+  # The loop's cache-free path (a prompt's own keys, causally) equals the scan's as well.
+  tokens, mask = helpers.left_padded(prompts)
+  (h_loop, kv_loop), (h_scan, kv_scan) = (
+      causal_lm.forward(p, cfg, tokens, mask) for p in (causal_lm.per_layer(params), params))
+  np.testing.assert_allclose(h_loop, h_scan, atol=1e-5)
+  np.testing.assert_allclose(jnp.stack(kv_loop.k), kv_scan.k, atol=1e-5)
 
 
 def test_mixed_length_batch_rows_equal_alone():
