@@ -198,11 +198,36 @@ def test_grpo_systems_tiny_end_to_end(tmp_path, variant, devices):
       assert {"rl +trained recommender", "rl vs start +trained recommender"} <= set(table)
     profiles = (tmp_path / "eval" / "profiles.jsonl").read_text().splitlines()
     assert {"user_index", "target", "start", "rl"} <= set(json.loads(profiles[0]))
+    if variant == "langptune.py:tiny":
+      assert_runs_pool(tmp_path, table)
   # Every report has curves over steps, the truth on the probe set among them (issue 11).
   assert any(k.startswith("probe/truth/") for k in read_metrics(tmp_path, "grpo")[-1])
   if variant.startswith("blue"):  # the next-item NLL is in BLUE's loss (rl.aux_nll)
     assert all(m["rl/aux_nll"] > 0 for m in read_metrics(tmp_path, "grpo"))
   (tmp_path / "eval" / "curves_grpo.png").stat()
+
+
+def assert_runs_pool(workdir: pathlib.Path, table: dict) -> None:
+  """`jaxprof.evaluation.seeds` over the same run twice re-scores its profiles to the recorded
+  means, and pooling a run with itself changes no estimate."""
+  out = workdir / "seeds"
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxprof.evaluation.seeds", f"--runs={workdir},{workdir}",
+       f"--out={out}", "--n_boot=200"], cwd=ROOT, env=dict(os.environ, CI="true"),
+      capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  pooled = json.loads((out / "results.json").read_text())
+  assert set(pooled["tables"]) == {"truth", "truth @paraphrase-L3", "truth +trained recommender"}
+  for drift in pooled["rescore_drift"].values():  # every start and rl row of the eval's tables
+    assert len(drift) == 6 and max(drift.values()) < 1e-9, drift
+  rows = pooled["tables"]["truth"]
+  assert len(rows) == 4  # the two runs (same workdir, told apart) and the two pooled rows
+  one, both = next(iter(rows.values())), rows["pooled, runs and rows resampled"]
+  for stat in ("rl/recall@10", "start/mrr", "diff/mrr"):
+    assert both[stat] == pytest.approx(one[stat])
+  assert one["diff/mrr"] == pytest.approx(table["rl vs start"]["diff/mrr"])
+  assert "pooled, rows resampled" in (out / "report.md").read_text()
+  (out / "gains.png").stat()
 
 
 def test_mistyped_key_names_the_nearest(tmp_path):

@@ -157,6 +157,64 @@ def paired_relative_gain_ci(
   return float(gain), float(low), float(high)
 
 
+def pooled_paired_ci(
+    runs: Sequence[tuple[np.ndarray, np.ndarray]], relative: bool = False,
+    resample_runs: bool = False, same_rows: bool = False, n_boot: int = 2000,
+    alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
+  """Paired comparison pooled over several runs (e.g. seeds), each on its own rows.
+
+  The estimate pools every (run, row) pair: sum(a - b) / rows, or with `relative`
+  sum(a) / sum(b) - 1. The percentile bootstrap resamples each run's rows in pairs; with
+  `resample_runs` it first draws the runs with replacement (a two-level bootstrap), so the
+  interval also covers how much the runs themselves differ, not only which rows were drawn.
+  With `same_rows` (every run scored the same rows, e.g. the same users), one draw of rows is
+  shared by all runs, so a row's difficulty counts once, not once per run.
+
+  Args:
+    runs: [(a, b)], each a pair of [N_r] arrays (two systems on run r's rows); rows where either
+      is not finite are dropped (with `same_rows`, where either is not finite in any run).
+  Returns:
+    (estimate, low, high); low and high are nan when no draw has sum(b) > 0 (relative only).
+  """
+  pairs = [(np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1))
+           for a, b in runs]
+  for a, b in pairs:
+    if a.shape != b.shape or (same_rows and a.shape != pairs[0][0].shape):
+      raise ValueError(f"pooled_paired_ci: a {a.shape} and b {b.shape} differ in shape"
+                       + (f" or from the first run's {pairs[0][0].shape}" if same_rows else ""))
+  finite = [np.isfinite(a) & np.isfinite(b) for a, b in pairs]
+  if same_rows:
+    finite = [np.logical_and.reduce(finite)] * len(pairs)
+  if not all(f.any() for f in finite):
+    raise ValueError("pooled_paired_ci: a run has no row where both values are finite")
+  pairs = [(a[f], b[f]) for (a, b), f in zip(pairs, finite, strict=True)]
+  rng = np.random.default_rng(seed)
+  shared = (rng.integers(0, pairs[0][0].size, size=(n_boot, pairs[0][0].size)) if same_rows
+            else None)
+  # [R, n_boot] sums of each run's resampled rows; then the runs each draw pools.
+  sums = np.zeros((2, len(pairs), n_boot))
+  for r, (a, b) in enumerate(pairs):
+    idx = shared if same_rows else rng.integers(0, a.size, size=(n_boot, a.size))
+    sums[0, r], sums[1, r] = a[idx].sum(1), b[idx].sum(1)
+  sizes = np.array([a.size for a, _ in pairs], np.float64)
+  chosen = (rng.integers(0, len(pairs), size=(n_boot, len(pairs))) if resample_runs
+            else np.broadcast_to(np.arange(len(pairs)), (n_boot, len(pairs))))
+  draw = np.arange(n_boot)[:, None]
+  num, den = sums[0][chosen, draw].sum(1), sums[1][chosen, draw].sum(1)
+  total_a, total_b = sum(a.sum() for a, _ in pairs), sum(b.sum() for _, b in pairs)
+  if relative:
+    estimate = total_a / total_b - 1.0 if total_b > 0 else float("nan")
+    draws = num[den > 0] / den[den > 0] - 1.0
+  else:
+    estimate = (total_a - total_b) / sizes.sum()
+    draws = (num - den) / sizes[chosen].sum(1)
+  if draws.size == 0:
+    return float(estimate), float("nan"), float("nan")
+  low, high = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
+  return float(estimate), float(low), float(high)
+
+
 def win_tie_lose(a: np.ndarray, b: np.ndarray, margin: float) -> tuple[float, float, float]:
   """Fractions of the rows (both finite) where a beats b by more than `margin`, where they are
   within `margin` of each other (a tie), and where b beats a by more than `margin`."""

@@ -91,6 +91,13 @@ class System:
     del rows, texts
     return {}
 
+  def truth_views(self, rows: Sequence[Row], texts: Sequence[str]
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    """{view label: {metric: [N] float64}}: the truth of `texts` under each way the system's
+    evaluation scores them (e.g. another encoder); "" is `truth_rows` without its "truth/"
+    prefix. Runs' saved texts are re-scored through it (`jaxprof.evaluation.seeds`)."""
+    return {"": {k.removeprefix("truth/"): v for k, v in self.truth_rows(rows, texts).items()}}
+
   def truth(self, rows: Sequence[Row], texts: Sequence[str]) -> dict[str, float]:
     """{"truth/<metric>": mean over the rows where it is defined (nan if none)}."""
     return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")

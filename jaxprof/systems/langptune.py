@@ -123,6 +123,7 @@ class System(base.System):
     Trained once per (epochs, seed): a reward that ranks with it and the evaluation share it."""
     cache = self.__dict__.setdefault("_recommenders", {})
     if (epochs, seed) not in cache:
+      start = time.perf_counter()
       splits = movielens.leave_last_out(movielens.read_ml100k())
       items = self.encoder.embed_catalog(self.item_texts)
       valid = text_recommender.Pairs(
@@ -131,10 +132,38 @@ class System(base.System):
       config = text_recommender.TextRecConfig(epochs=epochs, seed=seed)
       cache[epochs, seed] = text_recommender.train(
           text_recommender.next_item_pairs(splits.train_items, items), items, config, valid)
+      logging.info("text recommender trained in %.0f s", time.perf_counter() - start)
     return cache[epochs, seed]
 
   def truth_rows(self, rows, texts):
     return {f"truth/{m}": v for m, v in ranking_metrics(self.ranks(rows, texts)).items()}
+
+  def truth_views(self, rows: Sequence[base.Row], texts: Sequence[str],
+                  independent: bool | None = None, trained_epochs: int | None = None
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    """{view suffix: ranking_metrics} of `texts` for `rows`: ranked by the reward's cosine (""),
+    by the second encoder's (" @paraphrase-L3", with `independent`) and by the trained
+    recommender over the reward encoder's embeddings (" +trained recommender", with
+    `trained_epochs` > 0). Both default to the config's `recommenders` evaluator, so that texts
+    re-scored later (`jaxprof.evaluation.seeds`) get that evaluator's rankings."""
+    kwargs = self.config.eval.evaluators.get("recommenders", {})
+    if independent is None:
+      independent = kwargs.get("independent", True)
+    if trained_epochs is None:
+      trained_epochs = kwargs.get("trained_epochs", 0)
+    encoders = {"": self.encoder}
+    if independent:
+      encoders[f" @{INDEPENDENT}"] = self.independent_encoder
+    clean, ok = valid_texts(texts)
+    views, embedded = {}, {}
+    for suffix, encoder in encoders.items():
+      embedded[suffix] = x = encoder.embed(clean)  # once per text and encoder
+      views[suffix] = ranking_metrics(self.ranks_of_embeddings(rows, x, ok, encoder))
+    if trained_epochs:  # the recommender reads the reward encoder's embeddings
+      recommender = self.trained_recommender(trained_epochs, self.config.seed)
+      views[TRAINED] = ranking_metrics(
+          self.ranks_of_embeddings(rows, embedded[""], ok, self.encoder, recommender))
+    return views
 
 
 def rank_rows(scores: np.ndarray, rows: Sequence[base.Row]) -> np.ndarray:
@@ -196,29 +225,14 @@ def recommenders(ev: evaluation.Context, sasrec_epochs: int = 20, independent: b
   policy's profiles are written to `profiles.jsonl`."""
   system = ev.system
   rows = system.rl_rows("eval")
-  encoders = {"": system.encoder}
-  if independent:
-    encoders[f" @{INDEPENDENT}"] = system.independent_encoder
-  per_row: dict[str, dict[str, np.ndarray]] = {}
   texts = {name: [g[0] for g in ev.generate(name, [system.prompt(r) for r in rows])]
            for name in ev.policies}
   if "raw history" in baseline_rows:
     texts["raw history"] = [_raw_history_text(system, r) for r in rows]
-  recommender = None
-  if trained_epochs:
-    start = time.perf_counter()
-    recommender = system.trained_recommender(trained_epochs, ev.config.seed)
-    logging.info("recommenders: text recommender trained in %.0f s", time.perf_counter() - start)
-  trained_rows = {}  # after the cosine rows in the table
-  for suffix, encoder in encoders.items():
-    for name, t in texts.items():
-      clean, ok = valid_texts(t)
-      x = encoder.embed(clean)  # once per text and encoder, for both rankings
-      per_row[name + suffix] = ranking_metrics(system.ranks_of_embeddings(rows, x, ok, encoder))
-      if recommender is not None and encoder is system.encoder:  # trained on this encoder
-        trained_rows[name + TRAINED] = ranking_metrics(
-            system.ranks_of_embeddings(rows, x, ok, encoder, recommender))
-  per_row |= trained_rows
+  views = {name: system.truth_views(rows, t, independent, trained_epochs)
+           for name, t in texts.items()}
+  suffixes = list(dict.fromkeys(s for v in views.values() for s in v))  # cosine rows first
+  per_row = {name + s: views[name][s] for s in suffixes for name in texts}
   if "SASRec" in baseline_rows:
     start = time.perf_counter()
     per_row["SASRec"] = ranking_metrics(
@@ -228,7 +242,7 @@ def recommenders(ev: evaluation.Context, sasrec_epochs: int = 20, independent: b
     per_row["popularity"] = ranking_metrics(_popularity_ranks(rows, system))
   table = {label: {k: v for m, x in values.items() for k, v in held_out.with_ci(m, x).items()}
            for label, values in per_row.items()}
-  for suffix in [*encoders, TRAINED]:
+  for suffix in suffixes:
     if "rl" + suffix in per_row and "start" + suffix in per_row:
       table["rl vs start" + suffix] = _compare(per_row["rl" + suffix], per_row["start" + suffix])
   if jax.process_index() == 0:  # every profile, for reading or re-scoring without a generate

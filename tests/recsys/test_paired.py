@@ -45,3 +45,42 @@ def test_relative_gain_is_the_ratio_of_means_with_a_paired_interval():
   assert same == (0.0, 0.0, 0.0)
   undefined = metrics.paired_relative_gain_ci(np.ones(3), np.zeros(3), n_boot=50)
   assert all(np.isnan(undefined))  # mean(b) = 0 on every draw: no ratio
+
+
+def test_pooled_runs_estimate_every_pair_and_one_run_matches_the_paired_interval():
+  rng = np.random.default_rng(1)
+  a, b = (rng.uniform(size=300) < p for p in (0.3, 0.2))  # hits of two systems on 300 rows
+  a, b = a.astype(float), b.astype(float)
+  one = metrics.pooled_paired_ci([(a, b)], relative=True, n_boot=500)
+  assert one[0] == pytest.approx(a.mean() / b.mean() - 1)
+  assert one == pytest.approx(metrics.pooled_paired_ci([(a, b)], True, resample_runs=True,
+                                                       n_boot=500))  # one run: nothing to draw
+  diff = metrics.pooled_paired_ci([(a, b), (a[:100], b[:100] + 1)], n_boot=200)[0]
+  pairs = np.concatenate([a - b, a[:100] - b[:100] - 1])
+  assert diff == pytest.approx(pairs.mean())  # the mean over every (run, row) pair
+  with pytest.raises(ValueError, match="differ in shape"):
+    metrics.pooled_paired_ci([(a, b[:3])])
+
+
+def test_resampling_runs_widens_the_interval_when_runs_disagree():
+  rng = np.random.default_rng(2)
+  base = rng.uniform(size=2000)
+  runs = [(base + shift + rng.normal(0, 0.01, 2000), base) for shift in (0.3, -0.1, 0.1)]
+  rows_only = metrics.pooled_paired_ci(runs, n_boot=1000)
+  both = metrics.pooled_paired_ci(runs, resample_runs=True, n_boot=1000)
+  assert rows_only[0] == both[0] == pytest.approx(0.1, abs=1e-3)
+  assert rows_only[2] - rows_only[1] < 0.01  # the rows pin the pooled mean down
+  assert both[1] < 0.0 and both[2] > 0.2  # the runs' own spread does not
+
+
+def test_runs_on_the_same_rows_share_each_draw_of_rows():
+  rng = np.random.default_rng(3)
+  a, b = (rng.uniform(size=400) < p for p in (0.25, 0.2))
+  a, b = a.astype(float), b.astype(float)
+  one = metrics.pooled_paired_ci([(a, b)], relative=True, n_boot=500)
+  copies = [(a, b)] * 3  # three runs that drew the same users: still one set of 400 users
+  assert metrics.pooled_paired_ci(copies, True, same_rows=True, n_boot=500) == one
+  independent = metrics.pooled_paired_ci(copies, True, n_boot=500)
+  assert independent[2] - independent[1] < 0.7 * (one[2] - one[1])  # as if 1,200 users
+  with pytest.raises(ValueError, match="first run"):
+    metrics.pooled_paired_ci([(a, b), (a[:5], b[:5])], same_rows=True)
