@@ -1,4 +1,5 @@
-"""The two small command lines run as a user runs them: `jaxprof.generate` and `jaxprof.data`."""
+"""The small command lines run as a user runs them: `jaxprof.generate`, `jaxprof.data` and
+`jaxprof.seeds`."""
 
 import json
 import os
@@ -42,3 +43,13 @@ def test_data_cli_builds_and_describes_a_data_set(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "rec_test" in proc.stdout and "8 rows" in proc.stdout, proc.stdout[:2000]
   assert list(tmp_path.rglob("*.array_record*"))
+
+
+def test_seeds_names_the_missing_file_of_a_run_it_cannot_rescore(tmp_path):
+  proc = run("jaxprof.seeds", f"--runs={tmp_path}", f"--out={tmp_path / 'out'}")
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"jaxprof.seeds: {tmp_path / 'config.json'} does not exist: --runs takes workdirs whose "
+      "eval stage wrote profiles.jsonl (one line per held-out row), or results/ copies")
+  proc = run("jaxprof.seeds", f"--out={tmp_path}")
+  assert proc.returncode != 0 and "--runs (workdirs, comma-separated) and --out" in proc.stderr

@@ -208,11 +208,11 @@ def test_grpo_systems_tiny_end_to_end(tmp_path, variant, devices):
 
 
 def assert_runs_pool(workdir: pathlib.Path, table: dict) -> None:
-  """`jaxprof.evaluation.seeds` over the same run twice re-scores its profiles to the recorded
+  """`jaxprof.seeds` over the same run twice re-scores its profiles to the recorded
   means, and pooling a run with itself changes no estimate."""
   out = workdir / "seeds"
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxprof.evaluation.seeds", f"--runs={workdir},{workdir}",
+      [sys.executable, "-m", "jaxprof.seeds", f"--runs={workdir},{workdir}",
        f"--out={out}", "--n_boot=200"], cwd=ROOT, env=dict(os.environ, CI="true"),
       capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]

@@ -95,7 +95,7 @@ class System:
                   ) -> dict[str, dict[str, np.ndarray]]:
     """{view label: {metric: [N] float64}}: the truth of `texts` under each way the system's
     evaluation scores them (e.g. another encoder); "" is `truth_rows` without its "truth/"
-    prefix. Runs' saved texts are re-scored through it (`jaxprof.evaluation.seeds`)."""
+    prefix. Runs' saved texts are re-scored through it (`jaxprof.seeds`)."""
     return {"": {k.removeprefix("truth/"): v for k, v in self.truth_rows(rows, texts).items()}}
 
   def truth(self, rows: Sequence[Row], texts: Sequence[str]) -> dict[str, float]:

@@ -145,7 +145,7 @@ class System(base.System):
     by the second encoder's (" @paraphrase-L3", with `independent`) and by the trained
     recommender over the reward encoder's embeddings (" +trained recommender", with
     `trained_epochs` > 0). Both default to the config's `recommenders` evaluator, so that texts
-    re-scored later (`jaxprof.evaluation.seeds`) get that evaluator's rankings."""
+    re-scored later (`jaxprof.seeds`) get that evaluator's rankings."""
     kwargs = self.config.eval.evaluators.get("recommenders", {})
     if independent is None:
       independent = kwargs.get("independent", True)

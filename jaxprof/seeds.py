@@ -1,6 +1,6 @@
 r"""Runs of one config (e.g. one per seed), pooled: is RL's gain bigger than run-to-run noise?
 
-  python -m jaxprof.evaluation.seeds --runs=runs/s0,runs/s1,runs/s2 --out=results/x/seeds
+  python -m jaxprof.seeds --runs=runs/s0,runs/s1,runs/s2 --out=results/x/seeds
 
 One run's paired interval only says which users were drawn; two runs of the same config can
 still disagree in sign, because RL itself is noisy. This reads each run's saved texts (its eval
@@ -16,6 +16,7 @@ with three runs a coarse interval).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -146,7 +147,7 @@ def report(tables, labels: Sequence[str], drift: dict[str, dict[str, float]],
   """Markdown: one table per view (rows: runs, then pooled), relative gains in percent."""
   out = ["# RL vs start over several runs\n",
          "Runs: " + ", ".join(f"`{label}`" for label in labels) + ". Each run's held-out texts "
-         "re-scored (`python -m jaxprof.evaluation.seeds`). Relative gain = mean(RL) / "
+         "re-scored (`python -m jaxprof.seeds`). Relative gain = mean(RL) / "
          "mean(start) - 1; pooled over every (run, row) pair. Intervals: 95% percentile "
          f"bootstrap; per run and 'rows resampled' over rows in pairs; {RUNS_NOTE}. " + (
              "Every run scored the same rows, so each draw of rows is shared by all runs."
@@ -187,11 +188,12 @@ def plot(tables, metric: str, path, reference: float | None = None) -> None:
     ax.errorbar(g, y, xerr=np.nan_to_num([g - low, high - g]), fmt="o", capsize=3)
     ax.axvline(0, color="k", lw=0.8)
     if reference is not None:
-      ax.axvline(100 * reference, color="tab:red", ls="--", lw=0.8, label="reference")
-      ax.legend(fontsize=7, loc="lower right")
+      ax.axvline(100 * reference, color="tab:red", ls="--", lw=0.8)
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_title(view, fontsize=9)
-    ax.set_xlabel(f"{metric}: RL vs start, % (95% CI)", fontsize=8)
+    ax.set_xlabel(f"{metric}: RL vs start, % (95% CI)" + (
+        f"\ndashed: the reference gain, {reference:+.1%}" if reference is not None else ""),
+        fontsize=8)
   fig.tight_layout()
   stage.save_figure(fig, path)
 
@@ -203,7 +205,10 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--runs (workdirs, comma-separated) and --out are required")
   runs, drift, row_ids, systems_seen = [], {}, set(), set()
   for workdir in _RUNS.value:
-    run = rescore(workdir)
+    try:
+      run = rescore(workdir)
+    except (FileNotFoundError, ValueError) as e:  # a run that cannot be re-scored: one line
+      sys.exit(f"jaxprof.seeds: {e}")
     systems_seen.add(run.config.system)
     row_ids.add(run.row_ids)
     label = f"{paths.as_path(workdir).name} (seed {run.config.seed})"
