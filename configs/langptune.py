@@ -27,10 +27,12 @@ The 40-step run at 466b087: 400 of 512 RL profiles open with the user's latest t
 held-out reward rose 0.053 -> 0.078, and the truth did not move (Recall@10 -13.3% [-54%, +56%],
 +7.7% under the second encoder). The same default again at e882555 (results/langptune), whose
 sampler only sums in another order: +26.7% [-25%, +125%] and -38.5% [-75%, +25%]; one seed's
-gain swings more than the effect. What the 4db364b default showed
-(results/langptune in git history): the held-out reward rose (0.188 -> 0.203) and the truth did not,
-as the profiles turned into catalogue-style "Title (year) - genres" lines with mostly invented
-titles, a form that sits near every item in MiniLM's space. Hence the relative reward: it subtracts
+gain swings more than the effect. Seeds 0-2 pooled (`python -m jaxprof.seeds`,
+results/langptune/seeds): +20.0% [-21.7%, +106%] under MiniLM, -7.7% under paraphrase-L3.
+What the 4db364b default showed (results/langptune in git history): the held-out reward rose (0.188
+-> 0.203) and the truth did not, as the profiles turned into catalogue-style "Title (year) - genres"
+lines with mostly invented titles, a form that sits near every item in MiniLM's space. Hence the
+relative reward: it subtracts
 the log-rank the profile gives every item, weighted by how often each is a training user's
 held-out item, so one text for everyone earns 0 on average and only what singles out this user's
 item pays (the paper's "too generic to tell Star Wars from Interstellar"). Measured with
